@@ -1,0 +1,131 @@
+"""ORM tables. All SQL lives in this package; services use the repositories in `repo.py`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class Sandbox(Base):
+    __tablename__ = "sandboxes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    project_id: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16), default="user")  # user | github
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_id: Mapped[str | None] = mapped_column(String(200))
+    source_kind: Mapped[str] = mapped_column(String(16))
+    source_digest: Mapped[str] = mapped_column(String(64))
+    template: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    port: Mapped[int] = mapped_column(Integer)
+    preview_url: Mapped[str | None] = mapped_column(Text)
+    preview_token: Mapped[str | None] = mapped_column(Text)
+    open_url: Mapped[str | None] = mapped_column(Text)
+    open_url_expires_at: Mapped[datetime | None]
+    error_step: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_exit_code: Mapped[int | None] = mapped_column(Integer)
+    logs_tail: Mapped[list[str] | None] = mapped_column(JSON)
+    commands_run: Mapped[int] = mapped_column(Integer, default=0)
+    visible: Mapped[bool] = mapped_column(Boolean, default=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    ready_at: Mapped[datetime | None]
+    last_heartbeat_at: Mapped[datetime | None]
+    charged_until: Mapped[datetime | None]
+    stopped_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_sandboxes_user_status", "user_id", "status"),
+        Index("ix_sandboxes_status_active", "status", "active"),
+        Index("ix_sandboxes_user_project_digest", "user_id", "project_id", "source_digest"),
+    )
+
+
+class UsageLedger(Base):
+    """Charged preview seconds per user, project and day (in USAGE_TIMEZONE)."""
+
+    __tablename__ = "usage_ledger"
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD
+    project_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_usage_ledger_day", "day"),)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    sandbox_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+
+
+class ServiceState(Base):
+    """Small shared switches and facts (reaper paused, last pass) that every replica reads."""
+
+    __tablename__ = "service_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime]

@@ -1,0 +1,88 @@
+"""Sandbox events (status transitions and log lines) on Redis streams, so that any replica can
+serve any sandbox's event stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from midori_preview.logging import get_logger
+
+log = get_logger(__name__)
+
+TERMINAL_STATUSES = frozenset({"stopped", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    kind: str  # "status" | "log"
+    data: dict[str, Any]
+
+
+class EventBus:
+    def __init__(
+        self, redis: Any, *, prefix: str, maxlen: int = 2000, ttl_seconds: int = 86400
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.maxlen = maxlen
+        self.ttl = ttl_seconds
+
+    def key(self, sandbox_id: str) -> str:
+        return f"{self.prefix}:events:{sandbox_id}"
+
+    async def publish(self, sandbox_id: str, kind: str, data: dict[str, Any]) -> None:
+        """Best effort: a lost event never breaks a build (status lives in the database)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(
+                    self.key(sandbox_id),
+                    {"kind": kind, "data": json.dumps(data, ensure_ascii=False)},
+                    maxlen=self.maxlen,
+                    approximate=True,
+                )
+                pipe.expire(self.key(sandbox_id), self.ttl)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("events.publish_failed", sandbox_id=sandbox_id, error=type(exc).__name__)
+
+    async def read(
+        self, sandbox_id: str, *, after: str = "0-0", block_ms: int = 15000
+    ) -> list[Event]:
+        res = await self.redis.xread({self.key(sandbox_id): after}, count=200, block=block_ms)
+        events: list[Event] = []
+        for _key, entries in res or []:
+            for entry_id, fields in entries:
+                events.append(Event(entry_id, fields["kind"], json.loads(fields["data"])))
+        return events
+
+    async def follow(
+        self, sandbox_id: str, *, after: str = "0-0", block_ms: int = 15000
+    ) -> AsyncIterator[Event | None]:
+        """Every event after `after`, then new ones as they come; `None` when a wait timed out
+        (so callers can re-check the database); ends after a terminal status event."""
+        cursor = after
+        while True:
+            events = await self.read(sandbox_id, after=cursor, block_ms=block_ms)
+            if not events:
+                yield None
+                continue
+            for event in events:
+                cursor = event.id
+                yield event
+                if event.kind == "status" and event.data.get("status") in TERMINAL_STATUSES:
+                    return
+
+    async def delete_older_than(self, min_id_ms: int) -> int:
+        """Prune streams whose newest entry is older than `min_id_ms` (the memory action)."""
+        removed = 0
+        async for key in self.redis.scan_iter(match=f"{self.prefix}:events:*"):
+            last = await self.redis.xrevrange(key, count=1)
+            if not last or int(str(last[0][0]).split("-")[0]) < min_id_ms:
+                removed += int(await self.redis.delete(key))
+        return removed

@@ -1,0 +1,139 @@
+"""Request and response bodies (camelCase on the wire)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+Status = Literal[
+    "requested", "creating", "uploading", "installing", "building", "starting", "running",
+    "stopping", "stopped", "error",
+]  # fmt: skip
+
+
+class Camel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class FileIn(Camel):
+    path: str = Field(min_length=1, max_length=1024)
+    content: str
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+
+
+class GitIn(Camel):
+    url: str = Field(min_length=1, max_length=2048)
+    ref: str | None = Field(None, max_length=255)
+
+
+class CreatePreview(Camel):
+    """Exactly one source: `promptJson` (+ `template`), `files` or `git`."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "projectId": "demo-cafe",
+                    "promptJson": {"name": "บ้านกาแฟ Baan Kafae", "sections": []},
+                    "template": "static",
+                },
+                {
+                    "projectId": "hello",
+                    "files": [{"path": "index.html", "content": "<h1>Hello</h1>"}],
+                },
+                {
+                    "projectId": "repo",
+                    "git": {"url": "https://github.com/owner/site.git", "ref": "main"},
+                    "install": "npm ci",
+                    "build": "npm run build",
+                    "start": "npx serve -l $PORT dist",
+                    "port": 3000,
+                },
+            ]
+        },
+    )
+
+    project_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$")
+    prompt_json: dict[str, Any] | None = None
+    template: Literal["static", "vite"] | None = None
+    files: list[FileIn] | None = None
+    git: GitIn | None = None
+    install: str | None = Field(None, max_length=4000)
+    build: str | None = Field(None, max_length=4000)
+    start: str | None = Field(None, max_length=4000)
+    port: int | None = Field(None, ge=1024, le=65535)
+    replace: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CreatePreview:
+        given = [n for n in ("prompt_json", "files", "git") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one source: promptJson, files or git")
+        if self.prompt_json is not None:
+            if any(v is not None for v in (self.install, self.build, self.start, self.port)):
+                raise ValueError("install/build/start/port go with files or git, not promptJson")
+        elif self.template is not None:
+            raise ValueError("template goes with promptJson")
+        return self
+
+
+class Created(Camel):
+    sandbox_id: str
+    project_id: str
+    status: Status
+    status_url: str
+    events_url: str
+    heartbeat_interval_seconds: int
+
+
+class StopIn(Camel):
+    sandbox_id: str = Field(min_length=1, max_length=64)
+
+
+class HeartbeatIn(Camel):
+    sandbox_id: str = Field(min_length=1, max_length=64)
+    visible: bool = True
+
+
+class Usage(Camel):
+    used_seconds_today: int
+    remaining_seconds_today: int
+    warning: Literal["quota_low"] | None = None
+    day: str
+    reset_at: datetime
+
+
+class StepError(Camel):
+    step: str
+    message: str
+    exit_code: int | None = None
+
+
+class PreviewStatus(Camel):
+    sandbox_id: str
+    project_id: str
+    status: Status
+    reason: str | None
+    preview_url: str | None
+    preview_token: str | None
+    open_url: str | None
+    created_at: datetime
+    ready_at: datetime | None
+    last_heartbeat_at: datetime | None
+    expires_at: datetime
+    error: StepError | None
+    logs_tail: list[str]
+    usage: Usage | None = None
+
+
+class HeartbeatOut(Camel):
+    sandbox_id: str
+    status: Status
+    next_heartbeat_seconds: int
+    usage: Usage | None = None

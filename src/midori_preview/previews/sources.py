@@ -1,0 +1,203 @@
+"""Turn a create request into a build plan: validated files, commands and port.
+
+Paths are checked here, before anything reaches a sandbox; a bad one is a 422 naming it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from midori_preview.errors import PayloadTooLarge, ValidationFailed
+from midori_preview.previews.schemas import CreatePreview
+from midori_preview.providers.base import FileData
+from midori_preview.templates import render_template
+
+DEFAULT_PORT = 3000
+STATIC_SERVER = 'python3 -m http.server "$PORT" --bind 127.0.0.1'
+SAFE_REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,255}(?<!\.lock)(?<!/)$")
+
+
+@dataclass(frozen=True, slots=True)
+class GitSource:
+    url: str
+    ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BuildPlan:
+    source_kind: str  # prompt | files | git
+    files: list[FileData] = field(default_factory=list)
+    git: GitSource | None = None
+    install: str | None = None
+    build: str | None = None
+    start: str | None = None  # None for git: detected after the clone
+    port: int = DEFAULT_PORT
+    template: str | None = None
+    digest: str = ""
+
+
+def validate_path(path: str) -> str:
+    """A relative path that stays inside the workspace, or a 422 naming it."""
+    problem = None
+    if not path or len(path) > 1024:
+        problem = "empty or too long"
+    elif "\x00" in path:
+        problem = "contains NUL"
+    elif "\\" in path:
+        problem = "contains a backslash"
+    elif path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        problem = "is absolute"
+    elif any(part in ("..",) for part in path.split("/")):
+        problem = "contains '..'"
+    elif any(part in ("", ".") for part in path.split("/")):
+        problem = "has an empty or '.' segment"
+    elif any(ord(c) < 32 for c in path):
+        problem = "contains a control character"
+    if problem:
+        raise ValidationFailed(f"invalid file path {path!r}: {problem}", path=path)
+    return path
+
+
+def validate_git(url: str, ref: str | None, allowed_prefixes: list[str]) -> GitSource:
+    parts = urlsplit(url)
+    if parts.username or parts.password or "@" in parts.netloc:
+        raise ValidationFailed("git URL must not contain credentials", field="git.url")
+    if url.startswith("-") or any(c.isspace() for c in url) or "\x00" in url:
+        raise ValidationFailed("invalid git URL", field="git.url")
+    if not any(url.startswith(prefix) for prefix in allowed_prefixes):
+        raise ValidationFailed(
+            "git URL is not under an allowed prefix (GIT_ALLOWED_URL_PREFIXES)", field="git.url"
+        )
+    if ref is not None and not SAFE_REF.match(ref):
+        raise ValidationFailed(f"invalid git ref {ref!r}", field="git.ref")
+    return GitSource(url, ref)
+
+
+def _decode(path: str, content: str, encoding: str) -> bytes:
+    if encoding == "base64":
+        try:
+            return base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValidationFailed(f"file {path!r} is not valid base64", path=path) from None
+    return content.encode("utf-8")
+
+
+def digest_of(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def plan_for(
+    body: CreatePreview, *, allowed_git_prefixes: list[str], max_files: int, max_bytes: int
+) -> BuildPlan:
+    source = body.model_dump(
+        mode="json", exclude={"project_id", "replace"}, exclude_none=True, by_alias=True
+    )
+    digest = digest_of(source)
+    if body.prompt_json is not None:
+        name = body.template or "static"
+        built = render_template(name, body.prompt_json)
+        return BuildPlan(
+            source_kind="prompt",
+            files=[FileData(f.path, f.content) for f in built.files],
+            install=built.install,
+            build=built.build,
+            start=built.start,
+            template=name,
+            digest=digest,
+        )
+    port = body.port or DEFAULT_PORT
+    if body.files is not None:
+        if len(body.files) > max_files:
+            raise PayloadTooLarge(f"at most {max_files} files per preview")
+        seen: set[str] = set()
+        files: list[FileData] = []
+        total = 0
+        for f in body.files:
+            path = validate_path(f.path)
+            if path in seen:
+                raise ValidationFailed(f"duplicate file path {path!r}", path=path)
+            seen.add(path)
+            data = _decode(path, f.content, f.encoding)
+            total += len(data)
+            files.append(FileData(path, data))
+        if total > max_bytes:
+            raise PayloadTooLarge(f"files add up to more than {max_bytes} bytes")
+        return BuildPlan(
+            source_kind="files",
+            files=files,
+            install=body.install,
+            build=body.build,
+            start=body.start or STATIC_SERVER,
+            port=port,
+            digest=digest,
+        )
+    assert body.git is not None
+    git = validate_git(body.git.url, body.git.ref, allowed_git_prefixes)
+    return BuildPlan(
+        source_kind="git",
+        git=git,
+        install=body.install,
+        build=body.build,
+        start=body.start,
+        port=port,
+        digest=digest,
+    )
+
+
+# One command that tells how a cloned repository wants to be previewed (no shell per file).
+DETECT = (
+    "if [ -f preview.json ]; then echo '#preview.json'; head -c 65536 preview.json; "
+    "elif [ -f index.html ]; then echo '#static'; "
+    "elif [ -f package.json ]; then echo '#node'; else echo '#none'; fi"
+)
+
+
+def detected_commands(output: list[str]) -> tuple[str | None, str | None, str, int | None]:
+    """(install, build, start, port) from the DETECT command's output."""
+    kind = output[0].strip() if output else "#none"
+    if kind == "#preview.json":
+        try:
+            spec = json.loads("\n".join(output[1:]))
+            if not isinstance(spec, dict):
+                raise ValueError
+        except ValueError:
+            raise ValidationFailed("preview.json is not a JSON object") from None
+        out_dir = spec.get("outputDir")
+        start = spec.get("start")
+        if start is None and out_dir:
+            validate_path(str(out_dir))
+            start = f"{STATIC_SERVER} --directory {_quote(str(out_dir))}"
+        port = spec.get("port")
+        return (
+            _str_or_none(spec.get("install")),
+            _str_or_none(spec.get("build")),
+            str(start or STATIC_SERVER),
+            int(port) if isinstance(port, int) else None,
+        )
+    if kind == "#node":
+        return "npm install --no-audit --no-fund", "npm run build", _serve_first_of_dist(), None
+    return None, None, STATIC_SERVER, None
+
+
+def _serve_first_of_dist() -> str:
+    return (
+        'for d in dist build out public .; do if [ -d "$d" ]; then '
+        f'exec {STATIC_SERVER} --directory "$d"; fi; done'
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) and value.strip() else None
+
+
+def _quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)

@@ -1,0 +1,3 @@
+from midori_preview.providers.local.provider import LocalProvider, LocalProviderConfig
+
+__all__ = ["LocalProvider", "LocalProviderConfig"]

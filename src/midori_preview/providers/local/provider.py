@@ -1,0 +1,353 @@
+"""Local sandboxes: a workspace directory and process groups on this host, served through the
+service's own token-checked preview proxy. The embedded default: previews with no account."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from midori_preview.logging import get_logger
+from midori_preview.providers.base import (
+    CommandTimeout,
+    ExecResult,
+    FileData,
+    OutputCallback,
+    PreviewLink,
+    ProviderError,
+    ProviderSandbox,
+    ProviderSandboxInfo,
+    ProviderState,
+    SandboxSpec,
+)
+from midori_preview.providers.local.runner import Limits, Runner, kill_group
+from midori_preview.providers.local.signing import sign_label
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalProviderConfig:
+    root: Path  # DATA_DIR/sandboxes
+    isolation: str  # auto | bwrap | none
+    limits: Limits
+    base_domain: str
+    public_port: int
+    scheme: str
+    signing_key: bytes
+    npm_cache: Path | None = None
+
+
+@dataclass
+class _Local:
+    sandbox_id: str
+    root: Path
+    workspace: Path
+    labels: dict[str, str]
+    created_at: datetime
+    token: str
+    ports: dict[int, int] = field(default_factory=dict)  # logical port → host port
+    groups: set[int] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, config: LocalProviderConfig) -> None:
+        self.config = config
+        self.runner = Runner(
+            isolation=config.isolation, limits=config.limits, npm_cache=config.npm_cache
+        )
+        self._sandboxes: dict[str, _Local] = {}
+        self._http = httpx.AsyncClient(timeout=2.0, trust_env=False)
+        config.root.mkdir(parents=True, exist_ok=True)
+        if config.npm_cache is not None:
+            config.npm_cache.mkdir(parents=True, exist_ok=True)
+        self._sweep_leftovers()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _sweep_leftovers(self) -> None:
+        """Workspaces left by an earlier process of this service: their owner is gone."""
+        for path in self.config.root.iterdir():
+            pid_file = path / "pgids"
+            if pid_file.exists():
+                for pgid in pid_file.read_text().split():
+                    cwd = Path(f"/proc/{pgid}/cwd")
+                    with contextlib.suppress(OSError):
+                        if str(cwd.resolve()).startswith(str(path.resolve())):
+                            kill_group(int(pgid))
+            shutil.rmtree(path, ignore_errors=True)
+
+    async def create(self, spec: SandboxSpec, *, timeout: float) -> ProviderSandbox:
+        root = self.config.root / spec.sandbox_id
+        workspace = root / "work"
+        workspace.mkdir(parents=True, exist_ok=False)
+        (root / "home").mkdir()
+        self._sandboxes[spec.sandbox_id] = _Local(
+            sandbox_id=spec.sandbox_id,
+            root=root,
+            workspace=workspace,
+            labels=dict(spec.labels),
+            created_at=datetime.now(UTC),
+            token=secrets.token_urlsafe(24),
+        )
+        return ProviderSandbox(
+            provider=self.name,
+            provider_id=spec.sandbox_id,
+            sandbox_id=spec.sandbox_id,
+            workdir=self.runner.workdir(workspace),
+        )
+
+    def _get(self, sandbox: ProviderSandbox) -> _Local:
+        local = self._sandboxes.get(sandbox.provider_id)
+        if local is None:
+            raise ProviderError("sandbox is gone")
+        return local
+
+    async def delete(self, sandbox: ProviderSandbox) -> None:
+        local = self._sandboxes.pop(sandbox.provider_id, None)
+        if local is None:
+            return
+        for pgid in local.groups:
+            kill_group(pgid)
+        for task in local.tasks:
+            task.cancel()
+        await asyncio.gather(*local.tasks, return_exceptions=True)
+        await asyncio.to_thread(shutil.rmtree, local.root, True)
+
+    async def aclose(self) -> None:
+        for sandbox_id in list(self._sandboxes):
+            await self.delete(ProviderSandbox(self.name, sandbox_id, sandbox_id, ""))
+        await self._http.aclose()
+
+    async def list_sandboxes(self, labels: Mapping[str, str]) -> list[ProviderSandboxInfo]:
+        return [
+            ProviderSandboxInfo(
+                provider_id=s.sandbox_id,
+                sandbox_id=s.labels.get("midori-preview/sandbox-id", s.sandbox_id),
+                labels=dict(s.labels),
+                state=ProviderState.STARTED,
+                created_at=s.created_at,
+            )
+            for s in list(self._sandboxes.values())
+            if all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    # --- files and commands -----------------------------------------------------------------
+
+    async def upload(self, sandbox: ProviderSandbox, files: Sequence[FileData]) -> None:
+        workspace = self._get(sandbox).workspace
+        await asyncio.to_thread(_write_all, workspace, files)
+
+    async def clone(
+        self,
+        sandbox: ProviderSandbox,
+        url: str,
+        ref: str | None,
+        *,
+        timeout: float,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        """Clone on the host side into the workspace (a `file://` source stays reachable), with
+        git's own config and prompts off; credentials only ever go through the environment."""
+        local = self._get(sandbox)
+        await _git_clone(local.workspace, local.root / "home", url, ref, timeout, password)
+
+    def _track(self, local: _Local, proc: asyncio.subprocess.Process) -> None:
+        local.groups.add(proc.pid)
+        with open(local.root / "pgids", "a") as f:
+            f.write(f"{proc.pid}\n")
+
+    async def exec(
+        self,
+        sandbox: ProviderSandbox,
+        command: str,
+        *,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        local = self._get(sandbox)
+        proc = await self.runner.spawn(local.workspace, command, env)
+        self._track(local, proc)
+        tail: deque[str] = deque(maxlen=50)
+        try:
+            async with asyncio.timeout(timeout):
+                await _pump(proc, tail, on_output)
+                code = await proc.wait()
+        except TimeoutError:
+            kill_group(proc.pid)
+            await proc.wait()
+            raise CommandTimeout(f"command timed out after {timeout:g}s") from None
+        finally:
+            kill_group(proc.pid)  # nothing a build step started outlives it
+            local.groups.discard(proc.pid)
+        return ExecResult(exit_code=code, output_tail=list(tail))
+
+    async def start_server(
+        self,
+        sandbox: ProviderSandbox,
+        command: str,
+        *,
+        port: int,
+        env: Mapping[str, str] | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> None:
+        local = self._get(sandbox)
+        host_port = local.ports.setdefault(port, _free_port())
+        proc = await self.runner.spawn(
+            local.workspace, command, {**(env or {}), "PORT": str(host_port)}
+        )
+        self._track(local, proc)
+
+        async def watch() -> None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await _pump(proc, deque(maxlen=1), on_output)
+                code = await proc.wait()
+                log.info("sandbox.server_exited", sandbox_id=local.sandbox_id, exit_code=code)
+
+        task = asyncio.create_task(watch())
+        local.tasks.add(task)
+        task.add_done_callback(local.tasks.discard)
+
+    def host_port(self, sandbox_id: str, port: int) -> int | None:
+        local = self._sandboxes.get(sandbox_id)
+        return None if local is None else local.ports.get(port)
+
+    def token(self, sandbox_id: str) -> str | None:
+        local = self._sandboxes.get(sandbox_id)
+        return None if local is None else local.token
+
+    async def probe(self, sandbox: ProviderSandbox, port: int, *, timeout: float) -> bool:
+        host_port = self._get(sandbox).ports.get(port)
+        if host_port is None:
+            return False
+        try:
+            await self._http.get(f"http://127.0.0.1:{host_port}/", timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    async def preview_link(
+        self, sandbox: ProviderSandbox, port: int, *, open_url_ttl_seconds: int
+    ) -> PreviewLink:
+        local = self._get(sandbox)
+        cfg = self.config
+        expires = datetime.now(UTC) + timedelta(seconds=open_url_ttl_seconds)
+        label = sign_label(
+            cfg.signing_key, local.sandbox_id, port, int(expires.timestamp()), local.token
+        )
+        return PreviewLink(
+            url=self._url(f"{port}-{local.sandbox_id}"),
+            token=local.token,
+            open_url=self._url(label),
+            open_url_expires_at=expires,
+        )
+
+    def _url(self, label: str) -> str:
+        cfg = self.config
+        default = (cfg.scheme == "http" and cfg.public_port == 80) or (
+            cfg.scheme == "https" and cfg.public_port == 443
+        )
+        port = "" if default else f":{cfg.public_port}"
+        return f"{cfg.scheme}://{label}.{cfg.base_domain}{port}/"
+
+
+async def _pump(
+    proc: asyncio.subprocess.Process, tail: deque[str], on_output: OutputCallback | None
+) -> None:
+    async def read(stream: asyncio.StreamReader | None, name: str) -> None:
+        if stream is None:
+            return
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            tail.append(line)
+            if on_output is not None:
+                await on_output(line, name)
+
+    await asyncio.gather(read(proc.stdout, "stdout"), read(proc.stderr, "stderr"))
+
+
+def _write_all(workspace: Path, files: Sequence[FileData]) -> None:
+    base = workspace.resolve()
+    for f in files:
+        target = (base / f.path).resolve()
+        if not target.is_relative_to(base) or target == base:
+            raise ProviderError(f"path escapes the workspace: {f.path}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # O_NOFOLLOW: a symlink planted in the workspace cannot redirect a write outside it.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(f.content)
+
+
+async def _git_clone(
+    workspace: Path, home: Path, url: str, ref: str | None, timeout: float, password: str | None
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_ALLOW_PROTOCOL": "https:http:file",
+    }
+    if password:
+        askpass = home / "askpass.sh"
+        askpass.write_text('#!/bin/sh\nprintf "%s" "$MIDORI_GIT_PASSWORD"\n')
+        askpass.chmod(0o700)
+        env |= {"GIT_ASKPASS": str(askpass), "MIDORI_GIT_PASSWORD": password}
+    is_sha = ref is not None and len(ref) == 40 and all(c in "0123456789abcdef" for c in ref)
+    steps: list[list[str]] = []
+    if ref is None or is_sha:
+        steps.append(["git", "clone", "--quiet", "--no-recurse-submodules", "--", url, "."])
+        if is_sha:
+            steps.append(["git", "-c", "advice.detachedHead=false", "checkout", "-q", ref or ""])
+    else:
+        steps.append(
+            ["git", "clone", "--quiet", "--depth", "1", "--no-recurse-submodules",
+             "--branch", ref, "--", url, "."]
+        )  # fmt: skip
+    for argv in steps:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=str(workspace),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            kill_group(proc.pid)
+            raise CommandTimeout(f"git clone timed out after {timeout:g}s") from None
+        if proc.returncode != 0:
+            detail = out.decode("utf-8", "replace").strip().splitlines()[-1:] or ["failed"]
+            raise ProviderError(f"git {argv[1]} failed: {detail[0][:300]}")
+    with contextlib.suppress(FileNotFoundError):
+        (home / "askpass.sh").unlink()

@@ -1,0 +1,123 @@
+"""Runs one shell command line of a sandbox: inside bubblewrap when available (own mount, pid, ipc
+and uts namespaces, read-only system, writable workspace only), else as a plain process group.
+Either way with a scrubbed environment and per-sandbox resource limits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import shutil
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+WORKSPACE = "/workspace"  # where the workspace appears inside bubblewrap
+NPM_CACHE = "/cache/npm"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    memory_mb: int
+    max_processes: int
+    max_file_mb: int
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+class Runner:
+    def __init__(
+        self, *, isolation: str, limits: Limits, npm_cache: Path | None = None
+    ) -> None:
+        bwrap = bwrap_path()
+        if isolation == "bwrap" and bwrap is None:
+            raise RuntimeError("LOCAL_SANDBOX_ISOLATION=bwrap but bubblewrap is not installed")
+        self.bwrap = bwrap if isolation in ("auto", "bwrap") else None
+        self.limits = limits
+        self.npm_cache = npm_cache
+
+    @property
+    def isolated(self) -> bool:
+        return self.bwrap is not None
+
+    def workdir(self, workspace: Path) -> str:
+        """The workspace path as commands see it."""
+        return WORKSPACE if self.isolated else str(workspace)
+
+    def environment(self, workspace: Path, extra: Mapping[str, str] | None) -> dict[str, str]:
+        # HOME sits beside the workspace, never inside it (the workspace may be served as is).
+        home = "/tmp/home" if self.isolated else str(workspace.parent / "home")
+        env = {
+            "PATH": SANDBOX_PATH,
+            "HOME": home,
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "TMPDIR": "/tmp",
+            "npm_config_update_notifier": "false",
+            "npm_config_fund": "false",
+            "npm_config_audit": "false",
+            "NO_UPDATE_NOTIFIER": "1",
+        }
+        if self.npm_cache is not None:
+            env["npm_config_cache"] = NPM_CACHE if self.isolated else str(self.npm_cache)
+        env.update(extra or {})
+        return env
+
+    def argv(self, workspace: Path, command: str, env: Mapping[str, str]) -> list[str]:
+        if self.bwrap is None:
+            return ["/bin/bash", "-c", command]
+        args = [self.bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+        for link in ("bin", "lib", "lib64", "sbin"):
+            path = Path("/") / link
+            if path.is_symlink():
+                args += ["--symlink", os.readlink(path), str(path)]
+            elif path.exists():
+                args += ["--ro-bind", str(path), str(path)]
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/var/tmp"]
+        args += ["--dir", "/tmp/home", "--bind", str(workspace), WORKSPACE]
+        if self.npm_cache is not None:
+            args += ["--bind", str(self.npm_cache), NPM_CACHE]
+        args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        args += ["--die-with-parent", "--new-session", "--clearenv", "--chdir", WORKSPACE]
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        return [*args, "--", "/bin/bash", "-c", command]
+
+    def _preexec(self) -> None:  # runs in the child between fork and exec
+        mb = 1024 * 1024
+        if self.limits.memory_mb > 0:
+            size = self.limits.memory_mb * mb
+            resource.setrlimit(resource.RLIMIT_DATA, (size, size))
+        if self.limits.max_file_mb > 0:
+            size = self.limits.max_file_mb * mb
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        if self.limits.max_processes > 0 and os.getuid() != 0:
+            n = self.limits.max_processes
+            resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+
+    async def spawn(
+        self, workspace: Path, command: str, env: Mapping[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
+        full_env = self.environment(workspace, env)
+        return await asyncio.create_subprocess_exec(
+            *self.argv(workspace, command, full_env),
+            cwd=str(workspace),
+            env=full_env if self.bwrap is None else {"PATH": SANDBOX_PATH},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: stop kills the whole tree
+            preexec_fn=self._preexec,
+        )
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL a process group (a sandbox command and everything it started)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,57 @@
+"""Lua scripts: each rule is one atomic script, deadlines from Redis' own clock (`TIME`)."""
+
+# KEYS[1] slots zset (member = sandbox id, score = lease deadline in ms)
+# ARGV: sandbox id, limit, lease ms  → {1} granted | {0, holder ids...}
+ACQUIRE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local lease = tonumber(ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], lease * 2)
+  return {1}
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  local holders = redis.call('ZRANGE', KEYS[1], 0, -1)
+  table.insert(holders, 1, 0)
+  return holders
+end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return {1}
+"""
+
+# KEYS[1] slots zset. ARGV: lease ms, ids...  → renews the given members that still hold a slot
+# and re-asserts (adds) them: used by heartbeats and by sync, which rebuilds slots from Postgres.
+RENEW_SLOTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+end
+if #ARGV > 1 then redis.call('PEXPIRE', KEYS[1], lease * 2) end
+return #ARGV - 1
+"""
+
+# KEYS[1] counter key. ARGV: limit, window seconds → {1, 0} allowed | {0, retry-after seconds}
+RATE_LIMIT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+if n > tonumber(ARGV[1]) then
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl < 1 then ttl = 1 end
+  return {0, ttl}
+end
+return {1, 0}
+"""
+
+# KEYS[1] usage counter. ARGV: seconds to add, ttl → the new total, or -1 when Redis lost the
+# mirror (the caller rebuilds it from Postgres, which already holds the charge).
+ADD_USAGE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local v = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return v
+"""

@@ -1,0 +1,136 @@
+"""QuotaService: concurrency slots, create rate limits and the daily-usage mirror, all in Redis.
+
+Postgres stays the truth for usage; Redis is a fast mirror that is rebuilt from it when lost."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import LockError, RedisError
+
+from midori_preview.errors import QuotaUnavailable
+from midori_preview.quota import scripts
+
+
+@dataclass(frozen=True, slots=True)
+class SlotResult:
+    granted: bool
+    holders: list[str]
+
+
+class QuotaService:
+    def __init__(self, redis: Any, *, prefix: str, usage_ttl_seconds: int = 3 * 86400) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.usage_ttl = usage_ttl_seconds
+        self._acquire = redis.register_script(scripts.ACQUIRE_SLOT)
+        self._renew = redis.register_script(scripts.RENEW_SLOTS)
+        self._rate = redis.register_script(scripts.RATE_LIMIT)
+        self._add_usage = redis.register_script(scripts.ADD_USAGE)
+
+    # --- keys -----------------------------------------------------------------------------
+
+    def slots_key(self, owner: str) -> str:
+        return f"{self.prefix}:slots:{owner}"
+
+    def usage_key(self, user_id: str, day: str) -> str:
+        return f"{self.prefix}:usage:{user_id}:{day}"
+
+    # --- slots ----------------------------------------------------------------------------
+
+    async def acquire_slot(
+        self, owner: str, sandbox_id: str, *, limit: int, lease_seconds: int
+    ) -> SlotResult:
+        res = await self._acquire(
+            keys=[self.slots_key(owner)], args=[sandbox_id, limit, lease_seconds * 1000]
+        )
+        granted = int(res[0]) == 1
+        return SlotResult(granted, [] if granted else [str(x) for x in res[1:]])
+
+    async def renew_slots(self, owner: str, sandbox_ids: Iterable[str], lease_seconds: int) -> None:
+        ids = list(sandbox_ids)
+        if ids:
+            await self._renew(keys=[self.slots_key(owner)], args=[lease_seconds * 1000, *ids])
+
+    async def release_slot(self, owner: str, sandbox_id: str) -> None:
+        await self.redis.zrem(self.slots_key(owner), sandbox_id)
+
+    async def slot_holders(self, owner: str) -> list[str]:
+        return [str(m) for m in await self.redis.zrange(self.slots_key(owner), 0, -1)]
+
+    async def replace_slots(self, owner: str, sandbox_ids: list[str], lease_seconds: int) -> None:
+        """Make the owner's slots exactly `sandbox_ids` (sync rebuilds them from Postgres)."""
+        key = self.slots_key(owner)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            await pipe.execute()
+        await self.renew_slots(owner, sandbox_ids, lease_seconds)
+
+    async def slot_owners(self) -> list[str]:
+        prefix = self.slots_key("")
+        return [k[len(prefix) :] async for k in self.redis.scan_iter(match=prefix + "*")]
+
+    # --- rate limit -----------------------------------------------------------------------
+
+    async def hit_rate_limit(self, user_id: str, *, per_minute: int) -> int:
+        """Count one create; 0 when allowed, else the seconds to wait."""
+        res = await self._rate(keys=[f"{self.prefix}:rate:{user_id}"], args=[per_minute, 60])
+        return 0 if int(res[0]) == 1 else int(res[1])
+
+    # --- usage mirror ---------------------------------------------------------------------
+
+    async def used_seconds(
+        self, user_id: str, day: str, from_db: Callable[[], Awaitable[int]]
+    ) -> int:
+        key = self.usage_key(user_id, day)
+        value = await self.redis.get(key)
+        if value is not None:
+            return int(value)
+        total = await from_db()
+        await self.redis.set(key, total, ex=self.usage_ttl, nx=True)
+        return total
+
+    async def add_usage(
+        self, user_id: str, day: str, seconds: int, from_db: Callable[[], Awaitable[int]]
+    ) -> int:
+        key = self.usage_key(user_id, day)
+        value = int(await self._add_usage(keys=[key], args=[seconds, self.usage_ttl]))
+        if value >= 0:
+            return value
+        total = await from_db()
+        await self.redis.set(key, total, ex=self.usage_ttl)
+        return total
+
+    async def set_usage(self, user_id: str, day: str, seconds: int) -> None:
+        await self.redis.set(self.usage_key(user_id, day), seconds, ex=self.usage_ttl)
+
+    # --- locks ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def user_lock(self, user_id: str, *, timeout: float = 15, wait: float = 15) -> Any:
+        """Serialize one user's admissions across replicas (idempotency, same-source, quota)."""
+        lock = self.redis.lock(
+            f"{self.prefix}:lock:create:{user_id}", timeout=timeout, blocking_timeout=wait
+        )
+        try:
+            acquired = await lock.acquire()
+        except RedisError as exc:
+            raise QuotaUnavailable("Quota store unreachable; try again shortly.") from exc
+        if not acquired:
+            raise QuotaUnavailable("Too many concurrent requests for this user; try again.")
+        try:
+            yield
+        finally:
+            try:
+                await lock.release()
+            except (LockError, RedisError):
+                pass  # expired or unreachable: the lock times out by itself
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except RedisError:
+            return False

@@ -1,0 +1,175 @@
+"""Every setting of the service, read from the environment (and `.env`). The only module that does."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Service settings; defaults give a working embedded setup (SQLite, in-process store, local)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # --- service -----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8000, description="Port the HTTP server listens on.")
+    public_url: str | None = Field(
+        None, description="This service's public base URL (default http://localhost:{PORT})."
+    )
+    data_dir: Path = Field(
+        Path("./.midori-preview"), description="SQLite file and local sandbox workspaces."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL; unset = SQLite file in DATA_DIR."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL; unset = in-process Redis-compatible store."
+    )
+    log_level: str = Field("INFO", description="Log level.")
+    log_json: bool = Field(False, description="Render logs as JSON lines instead of console text.")
+    preview_deployment: str = Field(
+        "default", description="Name of this deployment; labels every provider sandbox."
+    )
+    replica_id: str | None = Field(
+        None, description="This replica's id for build leases (default: hostname + pid)."
+    )
+
+    # --- auth --------------------------------------------------------------------------------
+    auth_mode: Literal["jwt", "dev"] | None = Field(
+        None, description="jwt or dev; default dev only when AUTH_JWT_SECRET is unset."
+    )
+    auth_jwt_secret: SecretStr | None = Field(None, description="HS256 secret for bearer JWTs.")
+    auth_jwt_audience: str | None = Field(None, description="Required `aud` claim, if set.")
+    auth_jwt_issuer: str | None = Field(None, description="Required `iss` claim, if set.")
+    allowed_origins: CsvList = Field(
+        default_factory=list, description="Comma-separated browser origins allowed (CORS)."
+    )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    heartbeat_interval_seconds: int = Field(120, description="Heartbeat interval told to browsers.")
+    heartbeat_grace_seconds: int = Field(
+        30, description="Slack on top of one interval when charging a heartbeat."
+    )
+    idle_timeout_seconds: int = Field(300, description="No heartbeat this long → stopped (idle).")
+    hidden_idle_timeout_seconds: int = Field(
+        180, description="Idle allowance after the browser reported a hidden tab."
+    )
+    max_sandbox_ttl_seconds: int = Field(7200, description="Hard cap on one sandbox's life.")
+    daily_usage_cap_seconds: int = Field(3600, description="Preview time per user per day.")
+    usage_warning_seconds: int = Field(300, description="Warn when this much time is left today.")
+    usage_timezone: str = Field("UTC", description="Where a usage day starts and ends.")
+    max_concurrent_sandboxes_per_user: int = Field(1, description="Live sandboxes per user.")
+    create_rate_per_minute: int = Field(10, description="Creates per user per minute.")
+    sandbox_create_timeout_seconds: int = Field(300, description="Provider create timeout.")
+    build_step_timeout_seconds: int = Field(600, description="Timeout of one install/build step.")
+    upload_timeout_seconds: int = Field(120, description="Timeout of the bulk file upload.")
+    start_timeout_seconds: int = Field(
+        120, description="How long the server may take to answer its first probe."
+    )
+    build_lease_seconds: int = Field(
+        60, description="A build's owner lease; renewed while the build runs."
+    )
+    reaper_interval_seconds: int = Field(30, description="How often the reaper runs.")
+    reaper_enabled: bool = Field(True, description="Run the reaper in this process.")
+    stopped_retention_seconds: int = Field(7200, description="Stopped rows leave the active view.")
+    state_retention_seconds: int = Field(86400, description="Ephemeral state is pruned after this.")
+    orphan_grace_seconds: int = Field(
+        600, description="Provider sandboxes unknown to the DB are deleted after this age."
+    )
+    idempotency_ttl_seconds: int = Field(86400, description="How long Idempotency-Key is kept.")
+    max_request_bytes: int = Field(
+        20 * 1024 * 1024, description="Largest accepted create body, in bytes."
+    )
+    max_files: int = Field(2000, description="Most files in one `files` source.")
+
+    # --- sources -----------------------------------------------------------------------------
+    git_allowed_url_prefixes: CsvList = Field(
+        default_factory=lambda: ["https://github.com/"],
+        description="Comma-separated URL prefixes git sources may clone from.",
+    )
+    git_clone_timeout_seconds: int = Field(120, description="Timeout of a git clone.")
+
+    # --- preview serving ---------------------------------------------------------------------
+    preview_base_domain: str = Field(
+        "preview.localhost", description="Preview hosts are {port}-{id}.<this domain>."
+    )
+    preview_public_port: int | None = Field(
+        None, description="Port in preview URLs (default: PORT); None-80/443 omitted."
+    )
+    preview_scheme: Literal["http", "https"] = Field("http", description="Scheme of preview URLs.")
+    preview_signing_secret: SecretStr | None = Field(
+        None, description="Key for signed preview links (default: random per DATA_DIR)."
+    )
+    open_url_ttl_seconds: int = Field(
+        14400, description="Lifetime of a signed openUrl (outlasts a viewing session)."
+    )
+
+    # --- local provider ----------------------------------------------------------------------
+    local_sandbox_isolation: Literal["auto", "bwrap", "none"] = Field(
+        "auto", description="auto = bubblewrap when installed, else plain processes."
+    )
+    local_sandbox_memory_mb: int = Field(2048, description="Data-segment limit per sandbox (MB).")
+    local_sandbox_max_processes: int = Field(256, description="Process limit per sandbox.")
+    local_sandbox_max_file_mb: int = Field(512, description="Largest file a sandbox may write.")
+    local_npm_cache: bool = Field(
+        True, description="Share one npm download cache between local sandboxes."
+    )
+
+    # --- daytona -----------------------------------------------------------------------------
+    daytona_api_key: SecretStr | None = Field(None, description="Set to use Daytona sandboxes.")
+    daytona_api_url: str = Field("https://app.daytona.io/api", description="Daytona API URL.")
+    daytona_target: str | None = Field(None, description="Daytona target region.")
+    daytona_snapshot: str | None = Field(None, description="Daytona snapshot to create from.")
+    daytona_cpu: int | None = Field(None, description="vCPUs per sandbox (snapshot default).")
+    daytona_memory_gb: int | None = Field(None, description="Memory per sandbox in GB.")
+    daytona_disk_gb: int | None = Field(None, description="Disk per sandbox in GB.")
+    daytona_request_timeout_seconds: float = Field(30, description="One Daytona API call.")
+    daytona_retry_attempts: int = Field(4, description="Attempts for a retryable Daytona call.")
+    daytona_retry_deadline_seconds: float = Field(60, description="Overall retry deadline.")
+
+    @field_validator("allowed_origins", "git_allowed_url_prefixes", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @cached_property
+    def effective_auth_mode(self) -> Literal["jwt", "dev"]:
+        if self.auth_mode is not None:
+            return self.auth_mode
+        return "jwt" if self.auth_jwt_secret is not None else "dev"
+
+    @cached_property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'midori-preview.db').resolve()}"
+
+    @cached_property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://localhost:{self.port}").rstrip("/")
+
+    @cached_property
+    def effective_preview_port(self) -> int:
+        return self.preview_public_port or self.port
+
+    @cached_property
+    def provider_name(self) -> Literal["daytona", "local"]:
+        return "daytona" if self.daytona_api_key is not None else "local"
