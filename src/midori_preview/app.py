@@ -8,9 +8,9 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,6 +26,9 @@ from midori_preview.errors import PayloadTooLarge, PreviewError
 from midori_preview.events import EventBus
 from midori_preview.kv import make_redis
 from midori_preview.logging import configure_logging, get_logger
+from midori_preview.previews.admin import AdminService
+from midori_preview.previews.admin_routes import router as admin_router
+from midori_preview.previews.reaper import Reaper
 from midori_preview.previews.routes import router as previews_router
 from midori_preview.previews.service import PreviewService
 from midori_preview.providers.base import SandboxProvider
@@ -44,7 +47,7 @@ def build_provider(settings: Settings) -> SandboxProvider:
         from midori_preview.providers.daytona import DaytonaProvider, DaytonaProviderConfig
 
         assert settings.daytona_api_key is not None
-        return DaytonaProvider(
+        daytona: SandboxProvider = DaytonaProvider(
             DaytonaProviderConfig(
                 api_key=settings.daytona_api_key.get_secret_value(),
                 api_url=settings.daytona_api_url,
@@ -60,6 +63,7 @@ def build_provider(settings: Settings) -> SandboxProvider:
                 retry_deadline_seconds=settings.daytona_retry_deadline_seconds,
             )
         )
+        return daytona
     from midori_preview.providers.local import LocalProvider, LocalProviderConfig
     from midori_preview.providers.local.runner import Limits, bwrap_path
 
@@ -144,9 +148,7 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         first = details[0] if details else {"loc": [], "message": "invalid request"}
         where = ".".join(first["loc"][1:]) if len(first["loc"]) > 1 else "request"
-        return _error(
-            "validation_error", f"{where}: {first['message']}", 422, details=details
-        )
+        return _error("validation_error", f"{where}: {first['message']}", 422, details=details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -183,7 +185,9 @@ def create_app(
         quota = QuotaService(kv, prefix=prefix)
         events = EventBus(kv, prefix=prefix, ttl_seconds=settings.state_retention_seconds)
         prov = provider if provider is not None else build_provider(settings)
-        replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        replica = (
+            settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        )
         previews = PreviewService(
             settings=settings,
             repo=repo,
@@ -203,6 +207,31 @@ def create_app(
         app.state.provider = prov
         app.state.previews = previews
         app.state.authenticator = Authenticator(settings)
+        reaper = Reaper(
+            settings=settings,
+            repo=repo,
+            quota=quota,
+            events=events,
+            service=previews,
+            provider=prov,
+            clock=clock,
+        )
+        scheduler = None
+        if settings.reaper_enabled:
+            scheduler = AsyncIOScheduler(timezone="UTC")
+            scheduler.add_job(
+                reaper.tick,
+                "interval",
+                seconds=settings.reaper_interval_seconds,
+                id="reaper",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=settings.reaper_interval_seconds,
+            )
+            scheduler.start()
+        app.state.reaper = reaper
+        app.state.scheduler = scheduler
+        app.state.admin = AdminService(repo=repo, reaper=reaper, scheduler=scheduler)
         proxy = None
         if prov.name == "local":
             from midori_preview.providers.local import LocalProvider
@@ -221,6 +250,8 @@ def create_app(
         try:
             yield
         finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
             await previews.shutdown()
             if proxy is not None:
                 await proxy.aclose()
@@ -238,6 +269,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.include_router(admin_router)
     app.include_router(previews_router)
 
     @app.get("/healthz", tags=["health"])
@@ -274,7 +306,3 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes + 1024 * 1024)
     app.add_middleware(PreviewHostMiddleware, fastapi=app)
     return app
-
-
-def data_path(settings: Settings, *parts: str) -> Path:
-    return settings.data_dir.joinpath(*parts)

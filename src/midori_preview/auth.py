@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import jwt
 from fastapi import Request
@@ -36,7 +37,7 @@ class Authenticator:
         self.issuer = settings.auth_jwt_issuer
         if self.mode == "jwt" and not self.secret:
             raise RuntimeError("AUTH_MODE=jwt needs AUTH_JWT_SECRET")
-        self.extra: list[Any] = []
+        self.extra: list[Callable[[Request], Awaitable[Principal | None]]] = []
 
     def _from_jwt(self, token: str) -> Principal:
         assert self.secret is not None
@@ -78,7 +79,8 @@ class Authenticator:
 
 async def current_user(request: Request) -> Principal:
     """FastAPI dependency: the authenticated caller (401 otherwise)."""
-    principal: Principal = await request.app.state.authenticator.authenticate(request)
+    authenticator: Authenticator = request.app.state.authenticator
+    principal = await authenticator.authenticate(request)
     request.state.principal = principal
     return principal
 

@@ -1,14 +1,13 @@
-"""Every setting of the service, read from the environment (and `.env`). The only module that does."""
+"""Every setting of the service, from the environment (and `.env`); the only module reading it."""
 
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 def _split_csv(value: object) -> object:
@@ -21,7 +20,7 @@ CsvList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
-    """Service settings; defaults give a working embedded setup (SQLite, in-process store, local)."""
+    """Service settings; the defaults give a working embedded setup (SQLite, in-process store)."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
@@ -85,6 +84,9 @@ class Settings(BaseSettings):
         60, description="A build's owner lease; renewed while the build runs."
     )
     reaper_interval_seconds: int = Field(30, description="How often the reaper runs.")
+    reaper_sync_interval_seconds: int = Field(
+        300, description="How often the reaper reconciles with the provider and Redis."
+    )
     reaper_enabled: bool = Field(True, description="Run the reaper in this process.")
     stopped_retention_seconds: int = Field(7200, description="Stopped rows leave the active view.")
     state_retention_seconds: int = Field(86400, description="Ephemeral state is pruned after this.")

@@ -1,4 +1,4 @@
-"""Usage days: which day a moment falls on (USAGE_TIMEZONE) and how an interval splits at midnight."""
+"""Usage days: which day a moment falls on (USAGE_TIMEZONE), how an interval splits at midnight."""
 
 from __future__ import annotations
 

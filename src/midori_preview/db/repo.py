@@ -18,7 +18,7 @@ LIVE = (*BUILDING, "running")
 
 
 def _insert(session: AsyncSession, table: Any) -> Any:
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 
@@ -270,7 +270,7 @@ class Repository:
 
     # --- reaper ---------------------------------------------------------------------------
 
-    async def _rows(self, stmt: Select[tuple[Sandbox]]) -> list[Sandbox]:
+    async def _rows(self, stmt: Select[Any]) -> list[Sandbox]:
         async with self.sessions() as s:
             return list(await s.scalars(stmt))
 
@@ -302,20 +302,18 @@ class Repository:
     async def live_rows(self) -> list[Sandbox]:
         return await self._rows(select(Sandbox).where(Sandbox.status.in_((*LIVE, "stopping"))))
 
-    async def rows_with_provider_ids(self, provider_ids: Sequence[str]) -> set[str]:
-        if not provider_ids:
-            return set()
-        async with self.sessions() as s:
-            rows = await s.scalars(
-                select(Sandbox.provider_id).where(Sandbox.provider_id.in_(provider_ids))
-            )
-            return {r for r in rows if r}
-
-    async def known_ids(self, ids: Sequence[str]) -> set[str]:
+    async def live_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` are rows that should still have a provider sandbox."""
         if not ids:
             return set()
         async with self.sessions() as s:
-            return set(await s.scalars(select(Sandbox.id).where(Sandbox.id.in_(ids))))
+            return set(
+                await s.scalars(
+                    select(Sandbox.id).where(
+                        Sandbox.id.in_(ids), Sandbox.status.in_((*LIVE, "stopping"))
+                    )
+                )
+            )
 
     async def retire_stopped(self, before: datetime) -> int:
         async with self.sessions() as s, s.begin():
@@ -332,7 +330,9 @@ class Repository:
 
     async def prune_idempotency(self, before: datetime) -> int:
         async with self.sessions() as s, s.begin():
-            result = await s.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < before))
+            result = await s.execute(
+                delete(IdempotencyKey).where(IdempotencyKey.created_at < before)
+            )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def status_counts(self) -> dict[str, int]:

@@ -45,6 +45,12 @@ class PipelineSettings:
     probe_interval: float = 0.1
 
 
+@dataclass
+class _Progress:
+    status: str = "requested"
+    commands: int = 0
+
+
 class StepFailed(Exception):
     def __init__(self, step: str, message: str, exit_code: int | None = None) -> None:
         super().__init__(message)
@@ -79,23 +85,23 @@ class Pipeline:
 
     async def run(self, sandbox_id: str, spec: SandboxSpec, plan: BuildPlan) -> None:
         tail: deque[str] = deque(maxlen=TAIL)
-        state = {"status": "requested", "commands": 0}
+        state = _Progress()
         handle: ProviderSandbox | None = None
         renewer = asyncio.create_task(self._renew_lease(sandbox_id))
 
         async def advance(to: str, **fields: Any) -> None:
             moved = await self.repo.transition(
                 sandbox_id,
-                from_status=(state["status"],),
+                from_status=(state.status,),
                 to_status=to,
                 now=self.clock.now(),
                 logs_tail=list(tail),
-                commands_run=state["commands"],
+                commands_run=state.commands,
                 **fields,
             )
             if not moved:
                 raise Superseded
-            state["status"] = to
+            state.status = to
             await self.events.publish(sandbox_id, "status", {"status": to})
 
         def output(step: str) -> Callable[[str, str], Awaitable[None]]:
@@ -108,7 +114,7 @@ class Pipeline:
             return on_line
 
         async def command(step: str, cmd: str, timeout: float) -> list[str]:
-            state["commands"] += 1
+            state.commands += 1
             try:
                 result = await self.provider.exec(
                     handle,  # type: ignore[arg-type]
@@ -138,7 +144,7 @@ class Pipeline:
                 clone = getattr(self.provider, "clone", None)
                 if clone is None:
                     raise StepFailed(step, "this provider cannot clone git sources")
-                state["commands"] += 1
+                state.commands += 1
                 await clone(handle, plan.git.url, plan.git.ref, timeout=self.settings.clone_timeout)
                 if start is None:
                     found = await command("detect", DETECT, self.settings.step_timeout)
@@ -158,7 +164,7 @@ class Pipeline:
                 await command(step, build, self.settings.step_timeout)
             step = "start"
             await advance("starting", port=port)
-            state["commands"] += 1
+            state.commands += 1
             await self.provider.start_server(
                 handle, start or "", port=port, env={"PORT": str(port)}, on_output=output("start")
             )
@@ -184,7 +190,9 @@ class Pipeline:
             log.info("sandbox.build_superseded", sandbox_id=sandbox_id, step=step)
             await self._delete(handle, sandbox_id)
         except asyncio.CancelledError:
-            await asyncio.shield(self._fail(sandbox_id, state, tail, handle, "shutdown", "cancelled"))
+            await asyncio.shield(
+                self._fail(sandbox_id, state, tail, handle, "shutdown", "cancelled")
+            )
             raise
         except StepFailed as exc:
             await self._fail(sandbox_id, state, tail, handle, exc.step, exc.message, exc.exit_code)
@@ -192,7 +200,9 @@ class Pipeline:
             await self._fail(sandbox_id, state, tail, handle, step, exc.message, code=exc.code)
         except Exception as exc:
             log.exception("sandbox.build_crashed", sandbox_id=sandbox_id, step=step)
-            await self._fail(sandbox_id, state, tail, handle, step, f"internal error ({type(exc).__name__})")
+            await self._fail(
+                sandbox_id, state, tail, handle, step, f"internal error ({type(exc).__name__})"
+            )
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -229,7 +239,7 @@ class Pipeline:
     async def _fail(
         self,
         sandbox_id: str,
-        state: dict[str, Any],
+        state: _Progress,
         tail: deque[str],
         handle: ProviderSandbox | None,
         step: str,
@@ -241,7 +251,7 @@ class Pipeline:
         reason = f"error:{step}"
         moved = await self.repo.transition(
             sandbox_id,
-            from_status=(state["status"],),
+            from_status=(state.status,),
             to_status="error",
             now=self.clock.now(),
             reason=reason,
@@ -249,13 +259,15 @@ class Pipeline:
             error_message=message if code is None else f"{message} ({code})",
             error_exit_code=exit_code,
             logs_tail=list(tail),
-            commands_run=state["commands"],
+            commands_run=state.commands,
             stopped_at=self.clock.now(),
             lease_owner=None,
             lease_expires_at=None,
         )
         if moved:
-            log.warning("sandbox.build_failed", sandbox_id=sandbox_id, step=step, exit_code=exit_code)
+            log.warning(
+                "sandbox.build_failed", sandbox_id=sandbox_id, step=step, exit_code=exit_code
+            )
             await self.events.publish(
                 sandbox_id,
                 "status",

@@ -12,8 +12,8 @@ from sse_starlette.sse import EventSourceResponse
 from midori_preview.auth import Principal, current_user
 from midori_preview.events import TERMINAL_STATUSES
 from midori_preview.previews.schemas import (
-    CreatePreview,
     Created,
+    CreatePreview,
     HeartbeatIn,
     HeartbeatOut,
     PreviewStatus,
@@ -95,7 +95,11 @@ async def preview_events(
                     yield {"event": "status", "data": json.dumps(data)}
                     return
                 continue
-            yield {"id": event.id, "event": event.kind, "data": json.dumps(event.data, ensure_ascii=False)}
+            yield {
+                "id": event.id,
+                "event": event.kind,
+                "data": json.dumps(event.data, ensure_ascii=False),
+            }
 
     return EventSourceResponse(stream(), ping=15)
 

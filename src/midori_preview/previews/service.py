@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
@@ -31,15 +32,20 @@ from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
 from midori_preview.previews.pipeline import Pipeline, PipelineSettings
 from midori_preview.previews.schemas import (
-    CreatePreview,
     Created,
+    CreatePreview,
     HeartbeatOut,
     PreviewStatus,
     StepError,
     Usage,
 )
 from midori_preview.previews.sources import BuildPlan, digest_of, plan_for
-from midori_preview.providers.base import ProviderError, ProviderSandbox, SandboxProvider, SandboxSpec
+from midori_preview.providers.base import (
+    ProviderError,
+    ProviderSandbox,
+    SandboxProvider,
+    SandboxSpec,
+)
 from midori_preview.quota.service import QuotaService
 from midori_preview.settings import Settings
 from midori_preview.usage import day_of, next_midnight, split_by_day
@@ -185,14 +191,18 @@ class PreviewService:
         except RedisError as exc:
             raise QuotaUnavailable("Quota store unreachable; previews cannot start now.") from exc
         await self.events.publish(sandbox_id, "status", {"status": "requested"})
-        log.info("sandbox.requested", sandbox_id=sandbox_id, user_id=user_id, source=plan.source_kind)
+        log.info(
+            "sandbox.requested", sandbox_id=sandbox_id, user_id=user_id, source=plan.source_kind
+        )
         self._spawn(row, plan)
         return 202, self._created(row)
 
     async def _take_slot(self, user_id: str, sandbox_id: str, limit: int, *, replace: bool) -> None:
         lease = self.slot_lease_seconds
         for _ in range(3):
-            slot = await self.quota.acquire_slot(user_id, sandbox_id, limit=limit, lease_seconds=lease)
+            slot = await self.quota.acquire_slot(
+                user_id, sandbox_id, limit=limit, lease_seconds=lease
+            )
             if slot.granted:
                 return
             live = await self.repo.live_for_user(user_id)
@@ -339,7 +349,9 @@ class PreviewService:
 
     # --- usage ----------------------------------------------------------------------------
 
-    async def _redis_or(self, call: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]) -> T:
+    async def _redis_or(
+        self, call: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]
+    ) -> T:
         try:
             return await call()
         except RedisError:
@@ -383,7 +395,9 @@ class PreviewService:
         exhausted = False
         today = day_of(now, self.tz)
         for day, part in split_by_day(begin, seconds, self.tz):
-            remaining = self.settings.daily_usage_cap_seconds - await self._used_on(row.user_id, day)
+            remaining = self.settings.daily_usage_cap_seconds - await self._used_on(
+                row.user_id, day
+            )
             take = max(min(part, remaining), 0)
             if day == today and take >= remaining:
                 exhausted = True
@@ -416,7 +430,9 @@ class PreviewService:
         interval = self.settings.heartbeat_interval_seconds
         if row.status != "running":
             await self.repo.touch_heartbeat(sandbox_id, now, visible)
-            return HeartbeatOut(sandbox_id=row.id, status=row.status, next_heartbeat_seconds=interval)  # type: ignore[arg-type]
+            return HeartbeatOut(
+                sandbox_id=row.id, status=row.status, next_heartbeat_seconds=interval
+            )  # type: ignore[arg-type]
         charge = await self._plan_charge(row, now)
         if charge.seconds > 0 or charge.charged_until != row.charged_until:
             charged = await self.repo.charge(
@@ -432,10 +448,8 @@ class PreviewService:
         else:
             charged = False
             await self.repo.touch_heartbeat(sandbox_id, now, visible)
-        try:
+        with contextlib.suppress(RedisError):  # sync re-asserts slots from Postgres
             await self.quota.renew_slots(row.user_id, [row.id], self.slot_lease_seconds)
-        except RedisError:
-            pass
         log.debug("heartbeat", sandbox_id=sandbox_id, charged=charge.seconds if charged else 0)
         if charged and charge.exhausted:
             await self.stop(sandbox_id, reason="quota")
@@ -491,7 +505,9 @@ class PreviewService:
                 return await self.stop(sandbox_id, reason=reason, user_id=user_id)
             if charge:
                 await self._mirror(charge)
-            await self.events.publish(sandbox_id, "status", {"status": "stopping", "reason": reason})
+            await self.events.publish(
+                sandbox_id, "status", {"status": "stopping", "reason": reason}
+            )
             row = await self._owned(sandbox_id, None)
         task = self._tasks.get(sandbox_id)
         if task is not None:

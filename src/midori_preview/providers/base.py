@@ -94,7 +94,7 @@ class PreviewLink:
 
 
 class ProviderError(Exception):
-    """Base of provider failures. `code` is ours and safe to show; the message never is vendor text."""
+    """Base of provider failures: `code` is ours and safe to show; never vendor text."""
 
     code = "provider_error"
     retryable = False
@@ -175,7 +175,7 @@ class SandboxProvider(Protocol):
         env: Mapping[str, str] | None = None,
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
-        """Run `command` (a shell command line) in the workdir; raise CommandTimeout past `timeout`."""
+        """Run a shell command line in the workdir; CommandTimeout past `timeout`."""
         ...
 
     async def start_server(

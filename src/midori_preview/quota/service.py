@@ -4,6 +4,7 @@ Postgres stays the truth for usage; Redis is a fast mirror that is rebuilt from 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -124,10 +125,8 @@ class QuotaService:
         try:
             yield
         finally:
-            try:
-                await lock.release()
-            except (LockError, RedisError):
-                pass  # expired or unreachable: the lock times out by itself
+            with contextlib.suppress(LockError, RedisError):
+                await lock.release()  # expired or unreachable: it times out by itself
 
     async def ping(self) -> bool:
         try:

@@ -106,7 +106,11 @@ class PreviewProxy:
             ]
             out_headers.append((b"cache-control", b"private, no-store"))
             await send(
-                {"type": "http.response.start", "status": upstream.status_code, "headers": out_headers}
+                {
+                    "type": "http.response.start",
+                    "status": upstream.status_code,
+                    "headers": out_headers,
+                }
             )
             async for chunk in upstream.aiter_bytes():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})

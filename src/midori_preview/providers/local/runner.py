@@ -5,6 +5,7 @@ Either way with a scrubbed environment and per-sandbox resource limits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
@@ -30,9 +31,7 @@ def bwrap_path() -> str | None:
 
 
 class Runner:
-    def __init__(
-        self, *, isolation: str, limits: Limits, npm_cache: Path | None = None
-    ) -> None:
+    def __init__(self, *, isolation: str, limits: Limits, npm_cache: Path | None = None) -> None:
         bwrap = bwrap_path()
         if isolation == "bwrap" and bwrap is None:
             raise RuntimeError("LOCAL_SANDBOX_ISOLATION=bwrap but bubblewrap is not installed")
@@ -117,7 +116,5 @@ class Runner:
 
 def kill_group(pid: int) -> None:
     """SIGKILL a process group (a sandbox command and everything it started)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -1,0 +1,246 @@
+"""The reaper: stops idle and expired sandboxes, fails builds whose owner stopped renewing its
+lease, retries stuck stops, retires old rows, prunes ephemeral state, and reconciles with the
+provider (orphans, lost sandboxes, Redis slots and usage mirrors rebuilt from Postgres).
+
+Safe with several replicas: one pass at a time across replicas (a Redis lock), and every row is
+claimed with a conditional update before the provider is called, so nothing is acted on twice."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from redis.exceptions import LockError, RedisError
+
+from midori_preview.clock import Clock
+from midori_preview.db.models import Sandbox
+from midori_preview.db.repo import LIVE, Repository
+from midori_preview.events import EventBus
+from midori_preview.logging import get_logger
+from midori_preview.previews.service import PreviewService
+from midori_preview.providers.base import ProviderError, ProviderSandbox, SandboxProvider
+from midori_preview.quota.service import QuotaService
+from midori_preview.settings import Settings
+from midori_preview.usage import day_of
+
+log = get_logger(__name__)
+
+STATE_KEY = "reaper"
+
+
+class Reaper:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        repo: Repository,
+        quota: QuotaService,
+        events: EventBus,
+        service: PreviewService,
+        provider: SandboxProvider,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.quota = quota
+        self.events = events
+        self.service = service
+        self.provider = provider
+        self.clock = clock
+        self.lock_name = f"{quota.prefix}:lock:reaper"
+
+    # --- switches shared by all replicas ----------------------------------------------------
+
+    async def is_paused(self) -> bool:
+        state = await self.repo.get_state(STATE_KEY) or {}
+        return bool(state.get("paused", False))
+
+    async def set_paused(self, paused: bool) -> None:
+        state = await self.repo.get_state(STATE_KEY) or {}
+        state["paused"] = paused
+        await self.repo.set_state(STATE_KEY, state, self.clock.now())
+
+    async def last_run(self) -> dict[str, Any]:
+        return await self.repo.get_state(STATE_KEY) or {}
+
+    # --- passes -----------------------------------------------------------------------------
+
+    async def tick(self) -> dict[str, Any] | None:
+        """The scheduled job: a pass unless paused; sync too when it is due."""
+        if await self.is_paused():
+            return None
+        counts = await self.run_pass()
+        state = await self.last_run()
+        last_sync = state.get("lastSyncAt")
+        due = (
+            last_sync is None
+            or (self.clock.now() - datetime.fromisoformat(last_sync)).total_seconds()
+            >= self.settings.reaper_sync_interval_seconds
+        )
+        if due:
+            counts["sync"] = await self.sync()
+        return counts
+
+    async def run_pass(self) -> dict[str, Any]:
+        """One cleanup pass now (one replica at a time)."""
+        try:
+            lock = self.quota.redis.lock(
+                self.lock_name, timeout=max(self.settings.reaper_interval_seconds * 4, 60)
+            )
+            if not await lock.acquire(blocking=False):
+                return {"skipped": "another replica is running a pass"}
+        except RedisError:
+            lock = None  # without Redis, rows are still claimed one by one by CAS
+        started = time.perf_counter()
+        try:
+            counts = await self._pass()
+        finally:
+            if lock is not None:
+                with contextlib.suppress(LockError, RedisError):
+                    await lock.release()  # expired: nothing to release
+        counts["durationMs"] = round((time.perf_counter() - started) * 1000, 1)
+        log.info("cleanup.pass", **counts)
+        state = await self.last_run()
+        state.update({"lastRunAt": self.clock.now().isoformat(), "lastRun": counts})
+        await self.repo.set_state(STATE_KEY, state, self.clock.now())
+        return counts
+
+    async def _pass(self) -> dict[str, Any]:
+        s = self.settings
+        now = self.clock.now()
+        counts: Counter[str] = Counter()
+        for row in await self.repo.running_rows():
+            if row.kind != "user":
+                continue
+            seen = row.last_heartbeat_at or row.ready_at or row.created_at
+            allowance = s.idle_timeout_seconds if row.visible else s.hidden_idle_timeout_seconds
+            idle = (now - seen).total_seconds()
+            if idle >= allowance and await self._stop(row, "idle"):
+                counts["idle"] += 1
+                log.info(
+                    "cleanup.idle", sandbox_id=row.id, idle_seconds=int(idle), visible=row.visible
+                )
+        for row in await self.repo.expired_rows(now):
+            if await self._stop(row, "expired"):
+                counts["expired"] += 1
+                log.info("cleanup.expired", sandbox_id=row.id)
+        for row in await self.repo.stale_lease_rows(now):
+            if row.id in self.service.builds_in_flight():
+                continue  # built in this very process: alive by definition
+            if await self._fail_lost_build(row, now):
+                counts["leaseLost"] += 1
+        stuck_before = now - timedelta(seconds=60)
+        for row in await self.repo.stuck_stopping_rows(stuck_before):
+            await self.service._finish_stop(row)
+            counts["stopRetried"] += 1
+        counts["retired"] = await self.repo.retire_stopped(
+            now - timedelta(seconds=s.stopped_retention_seconds)
+        )
+        return dict(counts)
+
+    async def _stop(self, row: Sandbox, reason: str) -> bool:
+        """Claim the row (CAS to stopping) and stop it; False when another actor got there first."""
+        moved = await self.repo.transition(
+            row.id, from_status=(row.status,), to_status="stopping", now=self.clock.now(),
+            reason=reason, stopped_at=self.clock.now(),
+        )  # fmt: skip
+        if not moved:
+            return False
+        await self.events.publish(row.id, "status", {"status": "stopping", "reason": reason})
+        await self.service.stop(row.id, reason=reason)  # finishes a row already `stopping`
+        return True
+
+    async def _fail_lost_build(self, row: Sandbox, now: datetime) -> bool:
+        moved = await self.repo.transition(
+            row.id, from_status=(row.status,), to_status="error", now=now,
+            reason="error:lease_lost", error_step=row.status,
+            error_message="the replica building this preview stopped", stopped_at=now,
+            lease_owner=None, lease_expires_at=None,
+        )  # fmt: skip
+        if not moved:
+            return False
+        if row.provider_id:
+            await self._delete(row.provider_id, row.id)
+        await self.service._release(row.user_id, row.id)
+        await self.events.publish(
+            row.id, "status", {"status": "error", "reason": "error:lease_lost"}
+        )
+        log.warning("cleanup.lease_lost", sandbox_id=row.id, step=row.status)
+        return True
+
+    async def _delete(self, provider_id: str, sandbox_id: str | None) -> bool:
+        try:
+            await self.provider.delete(
+                ProviderSandbox(self.provider.name, provider_id, sandbox_id or provider_id, "")
+            )
+        except ProviderError as exc:
+            log.warning("sandbox.delete_failed", provider_id=provider_id, code=exc.code)
+            return False
+        log.info("sandbox.deleted", sandbox_id=sandbox_id, provider_id=provider_id)
+        return True
+
+    # --- reconcile --------------------------------------------------------------------------
+
+    async def sync(self) -> dict[str, int]:
+        """Reconcile with the provider and rebuild Redis state from Postgres."""
+        counts: Counter[str] = Counter()
+        now = self.clock.now()
+        # Rows first: any row read here got its provider sandbox before the listing below.
+        rows = await self.repo.live_rows()
+        labels = {
+            "midori-preview": "1",
+            "midori-preview/deployment": self.settings.preview_deployment,
+        }
+        listed = await self.provider.list_sandboxes(labels)
+        listed_ids = {info.provider_id for info in listed}
+        known = await self.repo.live_ids([i.sandbox_id for i in listed if i.sandbox_id])
+        grace = timedelta(seconds=self.settings.orphan_grace_seconds)
+        for info in listed:
+            if info.sandbox_id in known:
+                continue
+            age_ok = info.created_at is None or info.created_at <= now - grace
+            if age_ok and await self._delete(info.provider_id, info.sandbox_id):
+                counts["orphans"] += 1
+                log.info("cleanup.orphan", provider_id=info.provider_id, sandbox_id=info.sandbox_id)
+        for row in rows:
+            gone = row.provider_id and row.status in LIVE and row.provider_id not in listed_ids
+            if gone and await self.service.close_row(row, status="stopped", reason="lost"):
+                counts["lost"] += 1
+                log.warning("cleanup.lost", sandbox_id=row.id)
+        counts.update(await self.rebuild_redis())
+        state = await self.last_run()
+        state["lastSyncAt"] = now.isoformat()
+        state["lastSync"] = dict(counts)
+        await self.repo.set_state(STATE_KEY, state, now)
+        log.info("cleanup.sync", **counts)
+        return dict(counts)
+
+    async def rebuild_redis(self) -> dict[str, int]:
+        """Slots and today's usage mirrors from Postgres (after a Redis flush or failover)."""
+        counts: Counter[str] = Counter()
+        lease = self.service.slot_lease_seconds
+        by_owner: dict[str, list[str]] = {}
+        for row in await self.repo.live_rows():
+            if row.status in LIVE:
+                by_owner.setdefault(row.user_id, []).append(row.id)
+        owners = set(await self.quota.slot_owners()) | set(by_owner)
+        for owner in owners:
+            await self.quota.replace_slots(owner, by_owner.get(owner, []), lease)
+            counts["slotsRebuilt"] += 1
+        today = day_of(self.clock.now(), self.service.tz)
+        for user_id, seconds in (await self.repo.usage_by_user_for_day(today)).items():
+            await self.quota.set_usage(user_id, today, seconds)
+            counts["usageMirrors"] += 1
+        return dict(counts)
+
+    async def prune_memory(self) -> dict[str, int]:
+        """Drop ephemeral state older than STATE_RETENTION_SECONDS."""
+        now = self.clock.now()
+        cutoff = now - timedelta(seconds=self.settings.state_retention_seconds)
+        keys = await self.repo.prune_idempotency(cutoff)
+        streams = await self.events.delete_older_than(int(cutoff.timestamp() * 1000))
+        log.info("cleanup.memory", idempotency_keys=keys, event_streams=streams)
+        return {"idempotencyKeys": keys, "eventStreams": streams}
