@@ -40,5 +40,13 @@ def migrate() -> None:
     typer.echo("database is at head")
 
 
+@cli.command("env-example")
+def env_example() -> None:
+    """Print .env.example (every setting, its default and what it does)."""
+    from midori_preview.settings import env_example as render
+
+    typer.echo(render(), nl=False)
+
+
 def main() -> None:
     cli()

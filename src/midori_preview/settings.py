@@ -22,7 +22,9 @@ CsvList = Annotated[list[str], NoDecode]
 class Settings(BaseSettings):
     """Service settings; the defaults give a working embedded setup (SQLite, in-process store)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # --- service -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
@@ -175,3 +177,24 @@ class Settings(BaseSettings):
     @cached_property
     def provider_name(self) -> Literal["daytona", "local"]:
         return "daytona" if self.daytona_api_key is not None else "local"
+
+
+def env_example() -> str:
+    """`.env.example`: every setting with its default and its one-line description."""
+    lines = [
+        "# midori-preview settings: every one with its default. Copy to .env and change what you",
+        "# need; unset values keep the embedded defaults (SQLite, in-process store, local sandboxes).",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if default is None:
+            value = ""
+        elif isinstance(default, bool):
+            value = str(default).lower()
+        elif isinstance(default, list):
+            value = ",".join(str(v) for v in default)
+        else:
+            value = str(default)
+        lines.append(f"# {field.description}")
+        lines.append(f"{name.upper()}={value}")
+    return "\n".join(lines) + "\n"

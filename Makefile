@@ -1,0 +1,13 @@
+.PHONY: run test lint bench env-example
+
+run:  ## run the service on http://localhost:8000 (embedded defaults)
+	scripts/serve
+
+test:  ## lint, type-check and run the whole test suite
+	scripts/test
+
+bench:  ## print the benchmark table (see docs/BENCHMARKS.md)
+	scripts/bootstrap && .venv/bin/midori-preview bench
+
+env-example:  ## regenerate .env.example from the settings
+	scripts/bootstrap && .venv/bin/midori-preview env-example > .env.example
