@@ -40,6 +40,19 @@ def migrate() -> None:
     typer.echo("database is at head")
 
 
+@cli.command()
+def bench(
+    runs: int = typer.Option(5, help="Previews timed per source kind."),
+    requests: int = typer.Option(2000, help="Requests per throughput measurement."),
+    concurrency: int = typer.Option(16, help="Concurrent clients (and running previews)."),
+    backend: str = typer.Option("embedded", help="embedded (SQLite) or pg (Postgres + Redis)."),
+) -> None:
+    """Measure time to a working preview, heartbeat/status throughput and memory."""
+    from midori_preview.bench import main as run_bench
+
+    run_bench(runs, requests, concurrency, backend)
+
+
 @cli.command("env-example")
 def env_example() -> None:
     """Print .env.example (every setting, its default and what it does)."""
@@ -50,3 +63,7 @@ def env_example() -> None:
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()
