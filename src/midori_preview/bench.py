@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -115,6 +116,57 @@ async def _load(
     return total / (time.perf_counter() - started), latencies
 
 
+WRK_SCRIPT = """
+local pairs = {%s}
+local i = 0
+request = function()
+  i = (i %% #pairs) + 1
+  local p = pairs[i]
+  wrk.headers["X-User-Id"] = p[1]
+  wrk.headers["Content-Type"] = "application/json"
+  if p[3] == "heartbeat" then
+    return wrk.format("POST", "/api/preview/daytona/heartbeat", nil,
+      '{"sandboxId":"' .. p[2] .. '","visible":true}')
+  elseif p[3] == "status" then
+    return wrk.format("GET", "/api/preview/daytona/status?sandboxId=" .. p[2])
+  end
+  return wrk.format("GET", "/healthz")
+end
+"""
+
+
+def _wrk(base: str, kind: str, users: list[str], ids: list[str], seconds: int, conns: int) -> str:
+    """Throughput with wrk (a C load generator: the client does not compete for the GIL)."""
+    pairs = ",".join(f'{{"{u}","{i}","{kind}"}}' for u, i in zip(users, ids, strict=True))
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT % pairs)
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", f.name, base],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(f.name)
+    return out
+
+
+def _wrk_row(label: str, out: str, seconds: int, conns: int) -> list[str]:
+    rate = next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec"))
+    lat = {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line.strip().startswith(("50%", "99%"))
+    }
+    errors = [line.strip() for line in out.splitlines() if "Non-2xx" in line or "errors" in line]
+    detail = f"p50 {lat.get('50%')}, p99 {lat.get('99%')}" + (f"; {errors}" if errors else "")
+    return [
+        f"{label} throughput (wrk)",
+        f"{float(rate):.0f} req/s",
+        detail,
+        f"{seconds}s, {conns} conns",
+    ]
+
+
 async def run(runs: int, requests: int, concurrency: int, env: dict[str, str]) -> list[list[str]]:
     port = _free_port()
     data = tempfile.mkdtemp(prefix="midori-bench-")
@@ -189,6 +241,14 @@ async def run(runs: int, requests: int, concurrency: int, env: dict[str, str]) -
             async def health(i: int) -> httpx.Response:
                 return await client.get(f"{base}/healthz")
 
+            if shutil.which("wrk"):
+                for label, kind in (
+                    ("healthz (baseline)", "healthz"),
+                    ("heartbeat", "heartbeat"),
+                    ("status", "status"),
+                ):
+                    out = await asyncio.to_thread(_wrk, base, kind, users, ids, 5, concurrency)
+                    rows.append(_wrk_row(label, out, 5, concurrency))
             for label, make in (
                 ("healthz (baseline)", health),
                 ("heartbeat", heartbeat),
