@@ -52,11 +52,14 @@ class _Progress:
 
 
 class StepFailed(Exception):
-    def __init__(self, step: str, message: str, exit_code: int | None = None) -> None:
+    def __init__(
+        self, step: str, message: str, exit_code: int | None = None, code: str = "step_failed"
+    ) -> None:
         super().__init__(message)
         self.step = step
         self.message = message
         self.exit_code = exit_code
+        self.code = code
 
 
 class Superseded(Exception):
@@ -124,7 +127,9 @@ class Pipeline:
                     on_output=output(step),
                 )
             except CommandTimeout:
-                raise StepFailed(step, f"{step} timed out after {timeout:g}s") from None
+                raise StepFailed(
+                    step, f"{step} timed out after {timeout:g}s", code="step_timeout"
+                ) from None
             if result.exit_code != 0:
                 raise StepFailed(step, f"{step} failed", result.exit_code)
             return list(result.output_tail)
@@ -136,7 +141,9 @@ class Pipeline:
                 async with asyncio.timeout(self.settings.create_timeout):
                     handle = await self.provider.create(spec, timeout=self.settings.create_timeout)
             except TimeoutError:
-                raise StepFailed(step, "sandbox creation timed out") from None
+                raise StepFailed(
+                    step, "sandbox creation timed out", code="provider_timeout"
+                ) from None
             step = "upload"
             await advance("uploading", provider_id=handle.provider_id)
             install, build, start, port = plan.install, plan.build, plan.start, plan.port
@@ -191,17 +198,21 @@ class Pipeline:
             await self._delete(handle, sandbox_id)
         except asyncio.CancelledError:
             await asyncio.shield(
-                self._fail(sandbox_id, state, tail, handle, "shutdown", "cancelled")
+                self._fail(
+                    sandbox_id, state, tail, handle, "shutdown", "cancelled", code="shutdown"
+                )
             )
             raise
         except StepFailed as exc:
-            await self._fail(sandbox_id, state, tail, handle, exc.step, exc.message, exc.exit_code)
+            await self._fail(
+                sandbox_id, state, tail, handle, exc.step, exc.message, exc.exit_code, exc.code
+            )
         except ProviderError as exc:
             await self._fail(sandbox_id, state, tail, handle, step, exc.message, code=exc.code)
-        except Exception as exc:
+        except Exception:
             log.exception("sandbox.build_crashed", sandbox_id=sandbox_id, step=step)
             await self._fail(
-                sandbox_id, state, tail, handle, step, f"internal error ({type(exc).__name__})"
+                sandbox_id, state, tail, handle, step, "internal error", code="internal_error"
             )
         finally:
             renewer.cancel()
@@ -216,7 +227,9 @@ class Pipeline:
             if await self.provider.probe(handle, port, timeout=2.0):
                 return
             if loop.time() > deadline:
-                raise StepFailed("start", f"server did not answer on port {port}")
+                raise StepFailed(
+                    "start", f"server did not answer on port {port}", code="step_timeout"
+                )
             await asyncio.sleep(self.settings.probe_interval)
 
     async def _renew_lease(self, sandbox_id: str) -> None:
@@ -256,7 +269,8 @@ class Pipeline:
             now=self.clock.now(),
             reason=reason,
             error_step=step,
-            error_message=message if code is None else f"{message} ({code})",
+            error_message=message,
+            error_code=code or "step_failed",
             error_exit_code=exit_code,
             logs_tail=list(tail),
             commands_run=state.commands,
@@ -271,7 +285,7 @@ class Pipeline:
             await self.events.publish(
                 sandbox_id,
                 "status",
-                {"status": "error", "reason": reason, "step": step, "message": message,
-                 "exitCode": exit_code},
+                {"status": "error", "reason": reason, "step": step, "code": code or "step_failed",
+                 "message": message, "exitCode": exit_code},
             )  # fmt: skip
             await self.on_finished(sandbox_id, "error", reason)

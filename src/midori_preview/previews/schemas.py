@@ -111,6 +111,7 @@ class Usage(Camel):
 
 class StepError(Camel):
     step: str
+    code: str  # step_failed | step_timeout | provider_unavailable | provider_rejected | …
     message: str
     exit_code: int | None = None
 
