@@ -52,7 +52,7 @@ class EventBus:
             log.warning("events.publish_failed", sandbox_id=sandbox_id, error=type(exc).__name__)
 
     async def read(
-        self, sandbox_id: str, *, after: str = "0-0", block_ms: int = 15000
+        self, sandbox_id: str, *, after: str = "0-0", block_ms: int | None = 15000
     ) -> list[Event]:
         res = await self.redis.xread({self.key(sandbox_id): after}, count=200, block=block_ms)
         events: list[Event] = []
@@ -62,7 +62,7 @@ class EventBus:
         return events
 
     async def follow(
-        self, sandbox_id: str, *, after: str = "0-0", block_ms: int = 15000
+        self, sandbox_id: str, *, after: str = "0-0", block_ms: int | None = 15000
     ) -> AsyncIterator[Event | None]:
         """Every event after `after`, then new ones as they come; `None` when a wait timed out
         (so callers can re-check the database); ends after a terminal status event."""

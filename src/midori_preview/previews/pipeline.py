@@ -26,6 +26,7 @@ from midori_preview.providers.base import (
     ProviderSandbox,
     SandboxProvider,
     SandboxSpec,
+    ServerExited,
 )
 
 log = get_logger(__name__)
@@ -206,6 +207,10 @@ class Pipeline:
         except StepFailed as exc:
             await self._fail(
                 sandbox_id, state, tail, handle, exc.step, exc.message, exc.exit_code, exc.code
+            )
+        except ServerExited as exc:
+            await self._fail(
+                sandbox_id, state, tail, handle, step, exc.message, exc.exit_code, exc.code
             )
         except ProviderError as exc:
             await self._fail(sandbox_id, state, tail, handle, step, exc.message, code=exc.code)

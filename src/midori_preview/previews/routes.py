@@ -83,18 +83,21 @@ async def preview_events(
 ) -> EventSourceResponse:
     """Server-Sent Events: `status` on every transition, `log` for each output line; the stream
     ends after a terminal state. Resume with `Last-Event-ID`."""
-    await svc.status(sandbox_id, user.user_id)  # 404 unless it is the caller's
+    first = await svc.status(sandbox_id, user.user_id)  # 404 unless it is the caller's
 
     async def stream() -> AsyncIterator[dict[str, str]]:
-        after = last_event_id or "0-0"
-        async for event in svc.events.follow(sandbox_id, after=after):
-            if event is None:
-                current = await svc.status(sandbox_id, user.user_id)
+        cursor = last_event_id or "0-0"
+        # Already over: replay what is left without waiting, then close.
+        block = None if first.status in TERMINAL_STATUSES else 15000
+        async for event in svc.events.follow(sandbox_id, after=cursor, block_ms=block):
+            if event is None:  # nothing new: the stream may have been lost or pruned
+                current = first if block is None else await svc.status(sandbox_id, user.user_id)
                 if current.status in TERMINAL_STATUSES:
                     data = {"status": current.status, "reason": current.reason}
-                    yield {"event": "status", "data": json.dumps(data)}
+                    yield {"id": cursor, "event": "status", "data": json.dumps(data)}
                     return
                 continue
+            cursor = event.id
             yield {
                 "id": event.id,
                 "event": event.kind,

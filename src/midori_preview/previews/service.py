@@ -7,7 +7,7 @@ import asyncio
 import base64
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -26,6 +26,7 @@ from midori_preview.errors import (
     QuotaUnavailable,
     RateLimited,
     SandboxNotFound,
+    SandboxNotRunning,
     SandboxStopped,
 )
 from midori_preview.events import EventBus
@@ -125,12 +126,15 @@ class PreviewService:
         concurrency_limit: int | None = None,
         ttl_seconds: int | None = None,
         check_daily_quota: bool = True,
+        extra_git_prefixes: Sequence[str] = (),
     ) -> tuple[int, Created]:
-        """Admit a preview and start its build in the background: (HTTP status, answer)."""
+        """Admit a preview and start its build in the background: (HTTP status, answer).
+        `extra_git_prefixes`: git URL prefixes this caller may clone from besides
+        GIT_ALLOWED_URL_PREFIXES (the GitHub integration's own clone base)."""
         s = self.settings
         plan = plan_for(
             body,
-            allowed_git_prefixes=s.git_allowed_url_prefixes,
+            allowed_git_prefixes=[*s.git_allowed_url_prefixes, *extra_git_prefixes],
             max_files=s.max_files,
             max_bytes=s.max_request_bytes,
         )
@@ -184,10 +188,15 @@ class PreviewService:
                     else None
                 )
                 try:
-                    await self.repo.insert_sandbox(row, idempotency=key)
+                    inserted = await self.repo.insert_sandbox(row, idempotency=key)
                 except BaseException:
                     await self.quota.release_slot(user_id, sandbox_id)
                     raise
+                if inserted is None:  # the key was taken meanwhile (only if the lock expired)
+                    await self.quota.release_slot(user_id, sandbox_id)
+                    raise IdempotencyConflict(
+                        "A request with this Idempotency-Key is in progress; retry it."
+                    )
         except RedisError as exc:
             raise QuotaUnavailable("Quota store unreachable; previews cannot start now.") from exc
         await self.events.publish(sandbox_id, "status", {"status": "requested"})
@@ -329,7 +338,10 @@ class PreviewService:
             last_heartbeat_at=row.last_heartbeat_at,
             expires_at=row.expires_at,
             error=StepError(
-                step=row.error_step, message=row.error_message or "", exit_code=row.error_exit_code
+                step=row.error_step,
+                code=row.error_code or "step_failed",
+                message=row.error_message or "",
+                exit_code=row.error_exit_code,
             )
             if row.error_step
             else None,
@@ -567,3 +579,12 @@ class PreviewService:
 
     def builds_in_flight(self) -> list[str]:
         return list(self._tasks)
+
+    async def fresh_open_url(self, sandbox_id: str, ttl_seconds: int) -> str:
+        """A newly signed, short-lived browser link to a running sandbox (review links)."""
+        row = await self._owned(sandbox_id, None)
+        if row.status != "running" or not row.provider_id:
+            raise SandboxNotRunning("This preview is not running.", sandboxId=sandbox_id)
+        handle = ProviderSandbox(self.provider.name, row.provider_id, row.id, "")
+        link = await self.provider.preview_link(handle, row.port, open_url_ttl_seconds=ttl_seconds)
+        return link.open_url

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from midori_preview.errors import PayloadTooLarge, ValidationFailed
 from midori_preview.previews.schemas import CreatePreview
@@ -70,6 +70,9 @@ def validate_git(url: str, ref: str | None, allowed_prefixes: list[str]) -> GitS
         raise ValidationFailed("git URL must not contain credentials", field="git.url")
     if url.startswith("-") or any(c.isspace() for c in url) or "\x00" in url:
         raise ValidationFailed("invalid git URL", field="git.url")
+    # `..` (plain or %-encoded) could climb out of an allowed prefix such as file:///srv/repos/
+    if any(seg in ("..", ".") for seg in unquote(parts.path).split("/")) or "\\" in url:
+        raise ValidationFailed("git URL must not contain '.' or '..' segments", field="git.url")
     if not any(url.startswith(prefix) for prefix in allowed_prefixes):
         raise ValidationFailed(
             "git URL is not under an allowed prefix (GIT_ALLOWED_URL_PREFIXES)", field="git.url"
@@ -152,8 +155,12 @@ def plan_for(
 
 
 # One command that tells how a cloned repository wants to be previewed (no shell per file).
+# preview.json comes back as ONE line (JSON has no raw newlines inside strings, so dropping them
+# keeps it valid): command output is kept as a tail of lines, and a long pretty-printed file
+# would lose its first lines. Capped below the 64 KiB line limit of output readers.
 DETECT = (
-    "if [ -f preview.json ]; then echo '#preview.json'; head -c 65536 preview.json; "
+    "if [ -f preview.json ]; then echo '#preview.json'; "
+    "head -c 60000 preview.json | tr -d '\\r\\n'; echo; "
     "elif [ -f index.html ]; then echo '#static'; "
     "elif [ -f package.json ]; then echo '#node'; else echo '#none'; fi"
 )
@@ -182,7 +189,13 @@ def detected_commands(output: list[str]) -> tuple[str | None, str | None, str, i
             int(port) if isinstance(port, int) else None,
         )
     if kind == "#node":
-        return "npm install --no-audit --no-fund", "npm run build", _serve_first_of_dist(), None
+        # --if-present: a package.json without a build script is served as it is.
+        return (
+            "npm install --no-audit --no-fund",
+            "npm run build --if-present",
+            _serve_first_of_dist(),
+            None,
+        )
     return None, None, STATIC_SERVER, None
 
 

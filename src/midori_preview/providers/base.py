@@ -143,6 +143,16 @@ class CommandTimeout(ProviderError):
     code = "command_timeout"
 
 
+class ServerExited(ProviderError):
+    """The preview server's process ended while it was expected to serve."""
+
+    code = "server_exited"
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class SandboxFailed(ProviderError):
     """The provider reports the sandbox itself in an error state."""
 
@@ -191,7 +201,8 @@ class SandboxProvider(Protocol):
         ...
 
     async def probe(self, sandbox: ProviderSandbox, port: int, *, timeout: float) -> bool:
-        """One attempt to reach the server on `port`; True when it answered an HTTP request."""
+        """One attempt to reach the server on `port`; True when it answered an HTTP request.
+        Raises ServerExited when the provider knows the server is gone."""
         ...
 
     async def preview_link(

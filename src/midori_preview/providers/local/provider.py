@@ -29,8 +29,14 @@ from midori_preview.providers.base import (
     ProviderSandboxInfo,
     ProviderState,
     SandboxSpec,
+    ServerExited,
 )
-from midori_preview.providers.local.runner import Limits, Runner, kill_group
+from midori_preview.providers.local.runner import (
+    Limits,
+    Runner,
+    kill_group,
+    kill_group_and_wait,
+)
 from midori_preview.providers.local.signing import sign_label
 
 log = get_logger(__name__)
@@ -58,6 +64,7 @@ class _Local:
     token: str
     ports: dict[int, int] = field(default_factory=dict)  # logical port → host port
     groups: set[int] = field(default_factory=set)
+    exited: dict[int, int] = field(default_factory=dict)  # logical port → server exit code
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -126,8 +133,7 @@ class LocalProvider:
         local = self._sandboxes.pop(sandbox.provider_id, None)
         if local is None:
             return
-        for pgid in local.groups:
-            kill_group(pgid)
+        await asyncio.gather(*(kill_group_and_wait(pgid) for pgid in list(local.groups)))
         for task in local.tasks:
             task.cancel()
         await asyncio.gather(*local.tasks, return_exceptions=True)
@@ -199,7 +205,7 @@ class LocalProvider:
             await proc.wait()
             raise CommandTimeout(f"command timed out after {timeout:g}s") from None
         finally:
-            kill_group(proc.pid)  # nothing a build step started outlives it
+            await kill_group_and_wait(proc.pid)  # nothing a build step started outlives it
             local.groups.discard(proc.pid)
         return ExecResult(exit_code=code, output_tail=list(tail))
 
@@ -223,6 +229,7 @@ class LocalProvider:
             with contextlib.suppress(asyncio.CancelledError):
                 await _pump(proc, deque(maxlen=1), on_output)
                 code = await proc.wait()
+                local.exited[port] = code
                 log.info("sandbox.server_exited", sandbox_id=local.sandbox_id, exit_code=code)
 
         task = asyncio.create_task(watch())
@@ -238,7 +245,13 @@ class LocalProvider:
         return None if local is None else local.token
 
     async def probe(self, sandbox: ProviderSandbox, port: int, *, timeout: float) -> bool:
-        host_port = self._get(sandbox).ports.get(port)
+        local = self._get(sandbox)
+        if port in local.exited:
+            raise ServerExited(
+                f"the server exited (code {local.exited[port]}) before answering",
+                exit_code=local.exited[port],
+            )
+        host_port = local.ports.get(port)
         if host_port is None:
             return False
         try:

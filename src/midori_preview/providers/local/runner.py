@@ -81,7 +81,9 @@ class Runner:
         if self.npm_cache is not None:
             args += ["--bind", str(self.npm_cache), NPM_CACHE]
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-        args += ["--die-with-parent", "--new-session", "--clearenv", "--chdir", WORKSPACE]
+        # No --new-session: the sandbox keeps the process group its launcher got (killpg reaches
+        # every process); stdin is /dev/null and there is no controlling tty to abuse.
+        args += ["--die-with-parent", "--clearenv", "--chdir", WORKSPACE]
         for key, value in env.items():
             args += ["--setenv", key, value]
         return [*args, "--", "/bin/bash", "-c", command]
@@ -112,6 +114,20 @@ class Runner:
             start_new_session=True,  # its own process group: stop kills the whole tree
             preexec_fn=self._preexec,
         )
+
+
+async def kill_group_and_wait(pid: int, *, timeout: float = 5.0) -> None:
+    """SIGKILL a process group and wait until none of its processes is left."""
+    kill_group(pid)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        kill_group(pid)
+        await asyncio.sleep(0.005)
 
 
 def kill_group(pid: int) -> None:
