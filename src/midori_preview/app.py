@@ -19,11 +19,14 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from midori_preview.auth import Authenticator
+from midori_preview.auth_nextauth import SessionCookieAuth
 from midori_preview.clock import Clock, SystemClock
 from midori_preview.db.engine import make_engine, session_factory, upgrade_head_async
 from midori_preview.db.repo import Repository
 from midori_preview.errors import PayloadTooLarge, PreviewError
 from midori_preview.events import EventBus
+from midori_preview.github.routes import router as github_router
+from midori_preview.github.service import GitHubService
 from midori_preview.kv import make_redis
 from midori_preview.logging import configure_logging, get_logger
 from midori_preview.previews.admin import AdminService
@@ -34,6 +37,7 @@ from midori_preview.previews.service import PreviewService
 from midori_preview.providers.base import SandboxProvider
 from midori_preview.quota.service import QuotaService
 from midori_preview.settings import Settings
+from midori_preview.web import mount_web
 
 log = get_logger(__name__)
 
@@ -53,6 +57,7 @@ def build_provider(settings: Settings) -> SandboxProvider:
                 api_url=settings.daytona_api_url,
                 target=settings.daytona_target,
                 snapshot=settings.daytona_snapshot,
+                image=settings.daytona_image,
                 deployment=settings.preview_deployment,
                 idle_timeout_seconds=settings.idle_timeout_seconds,
                 cpu=settings.daytona_cpu,
@@ -207,6 +212,8 @@ def create_app(
         app.state.provider = prov
         app.state.previews = previews
         app.state.authenticator = Authenticator(settings)
+        if settings.nextauth_secret or settings.auth_secret:
+            app.state.authenticator.extra.append(SessionCookieAuth.from_settings(settings))
         reaper = Reaper(
             settings=settings,
             repo=repo,
@@ -232,6 +239,10 @@ def create_app(
         app.state.reaper = reaper
         app.state.scheduler = scheduler
         app.state.admin = AdminService(repo=repo, reaper=reaper, scheduler=scheduler)
+        github = GitHubService.from_settings(
+            settings, previews=previews, sessions=repo.sessions, events=events, clock=clock
+        )
+        app.state.github = github
         proxy = None
         if prov.name == "local":
             from midori_preview.providers.local import LocalProvider
@@ -250,6 +261,7 @@ def create_app(
         try:
             yield
         finally:
+            await github.aclose()
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
             await previews.shutdown()
@@ -271,6 +283,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(admin_router)
     app.include_router(previews_router)
+    app.include_router(github_router)
+    mount_web(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -300,7 +314,13 @@ def create_app(
             allow_origins=settings.allowed_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["authorization", "content-type", "idempotency-key", "last-event-id"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "idempotency-key",
+                "last-event-id",
+                *(["x-user-id", "x-user-role"] if settings.effective_auth_mode == "dev" else []),
+            ],
             expose_headers=["location", "retry-after"],
         )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes + 1024 * 1024)

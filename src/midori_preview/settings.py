@@ -52,7 +52,7 @@ class Settings(BaseSettings):
 
     # --- auth --------------------------------------------------------------------------------
     auth_mode: Literal["jwt", "dev"] | None = Field(
-        None, description="jwt or dev; default dev only when AUTH_JWT_SECRET is unset."
+        None, description="jwt or dev; default dev only when no auth secret (JWT/NextAuth) is set."
     )
     auth_jwt_secret: SecretStr | None = Field(None, description="HS256 secret for bearer JWTs.")
     auth_jwt_audience: str | None = Field(None, description="Required `aud` claim, if set.")
@@ -123,6 +123,14 @@ class Settings(BaseSettings):
         14400, description="Lifetime of a signed openUrl (outlasts a viewing session)."
     )
 
+    # --- browser sessions --------------------------------------------------------------------
+    nextauth_secret: SecretStr | None = Field(
+        None, description="NextAuth v4 secrets (comma-separated, current first): accept its cookie."
+    )
+    auth_secret: SecretStr | None = Field(
+        None, description="Auth.js v5 secrets (comma-separated, current first): accept its cookie."
+    )
+
     # --- local provider ----------------------------------------------------------------------
     local_sandbox_isolation: Literal["auto", "bwrap", "none"] = Field(
         "auto", description="auto = bubblewrap when installed, else plain processes."
@@ -134,11 +142,70 @@ class Settings(BaseSettings):
         True, description="Share one npm download cache between local sandboxes."
     )
 
+    # --- github ------------------------------------------------------------------------------
+    github_webhook_secret: SecretStr | None = Field(
+        None, description="Webhook secret; unset = the GitHub webhook route is off (404)."
+    )
+    github_token: SecretStr | None = Field(
+        None, description="Token for the GitHub API and git pushes (or use the App settings)."
+    )
+    github_app_id: int | None = Field(
+        None, description="GitHub App id (App auth instead of token)."
+    )
+    github_app_private_key: SecretStr | None = Field(
+        None, description="GitHub App private key (PEM) that signs the App's JWTs."
+    )
+    github_app_installation_id: int | None = Field(
+        None, description="Installation id when a webhook does not name one (App auth)."
+    )
+    github_api_url: str = Field(
+        "https://api.github.com", description="GitHub REST API base URL (GitHub Enterprise too)."
+    )
+    github_clone_base_url: str = Field(
+        "https://github.com", description="Repositories are cloned/pushed at <this>/owner/name.git."
+    )
+    github_repo_allowlist: CsvList = Field(
+        default_factory=list,
+        description="Comma-separated owner/name patterns (fnmatch) whose PRs are previewed.",
+    )
+    github_build_forks: bool = Field(False, description="Also preview pull requests from forks.")
+    github_push_branches: CsvList = Field(
+        default_factory=list,
+        description="Comma-separated branch patterns whose pushes get a preview (none = off).",
+    )
+    github_max_concurrent_previews: int = Field(
+        5, description="Live GitHub previews at once (the service user's own limit)."
+    )
+    github_preview_ttl_seconds: int = Field(
+        86400, description="Longest life of a PR preview (no idle reaping; closed PRs stop it)."
+    )
+    github_service_user: str = Field("github", description="User that owns GitHub previews.")
+    github_webhook_max_bytes: int = Field(
+        5 * 1024 * 1024, description="Largest accepted webhook body, in bytes."
+    )
+    github_review_link_ttl_seconds: int = Field(
+        3600, description="Lifetime of the preview link handed out by a review-link visit."
+    )
+    github_link_secret: SecretStr | None = Field(
+        None, description="Key of review links (default: derived from GITHUB_WEBHOOK_SECRET)."
+    )
+    github_request_timeout_seconds: float = Field(10, description="One GitHub API call.")
+    github_retry_attempts: int = Field(4, description="Attempts for a retryable GitHub call.")
+    github_retry_backoff_seconds: float = Field(
+        1.0, description="First retry delay of a GitHub call (doubles each attempt)."
+    )
+    github_retry_max_wait_seconds: float = Field(
+        30, description="Longest wait before a GitHub retry (longer rate limits fail at once)."
+    )
+
     # --- daytona -----------------------------------------------------------------------------
     daytona_api_key: SecretStr | None = Field(None, description="Set to use Daytona sandboxes.")
     daytona_api_url: str = Field("https://app.daytona.io/api", description="Daytona API URL.")
     daytona_target: str | None = Field(None, description="Daytona target region.")
     daytona_snapshot: str | None = Field(None, description="Daytona snapshot to create from.")
+    daytona_image: str | None = Field(
+        None, description="Image to build sandboxes from (needed for CPU/memory/disk sizes)."
+    )
     daytona_cpu: int | None = Field(None, description="vCPUs per sandbox (snapshot default).")
     daytona_memory_gb: int | None = Field(None, description="Memory per sandbox in GB.")
     daytona_disk_gb: int | None = Field(None, description="Disk per sandbox in GB.")
@@ -146,7 +213,13 @@ class Settings(BaseSettings):
     daytona_retry_attempts: int = Field(4, description="Attempts for a retryable Daytona call.")
     daytona_retry_deadline_seconds: float = Field(60, description="Overall retry deadline.")
 
-    @field_validator("allowed_origins", "git_allowed_url_prefixes", mode="before")
+    @field_validator(
+        "allowed_origins",
+        "git_allowed_url_prefixes",
+        "github_repo_allowlist",
+        "github_push_branches",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -155,7 +228,8 @@ class Settings(BaseSettings):
     def effective_auth_mode(self) -> Literal["jwt", "dev"]:
         if self.auth_mode is not None:
             return self.auth_mode
-        return "jwt" if self.auth_jwt_secret is not None else "dev"
+        secrets = (self.auth_jwt_secret, self.nextauth_secret, self.auth_secret)
+        return "jwt" if any(s is not None for s in secrets) else "dev"
 
     @cached_property
     def effective_database_url(self) -> str:
@@ -182,8 +256,8 @@ class Settings(BaseSettings):
 def env_example() -> str:
     """`.env.example`: every setting with its default and its one-line description."""
     lines = [
-        "# midori-preview settings: every one with its default. Copy to .env and change what you",
-        "# need; unset values keep the embedded defaults (SQLite, in-process store, local sandboxes).",
+        "# midori-preview settings, each with its default. Copy to .env and change what you need;",
+        "# unset values keep the embedded defaults (SQLite, in-process store, local sandboxes).",
     ]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)

@@ -76,6 +76,7 @@ class Sandbox(Base):
     error_step: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
     error_exit_code: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
     logs_tail: Mapped[list[str] | None] = mapped_column(JSON)
     commands_run: Mapped[int] = mapped_column(Integer, default=0)
     visible: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -129,3 +130,40 @@ class ServiceState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime]
+
+
+class GitHubDelivery(Base):
+    """One received GitHub webhook delivery: a redelivery with the same id is acted on once."""
+
+    __tablename__ = "github_deliveries"
+
+    delivery_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    event: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_github_deliveries_received_at", "received_at"),)
+
+
+class GitHubPreview(Base):
+    """What a pull request (`pr:<n>`) or branch (`branch:<name>`) of a repository is previewed
+    by: its sandbox, head commit, the one PR comment and the current GitHub deployment."""
+
+    __tablename__ = "github_previews"
+
+    repo: Mapped[str] = mapped_column(String(200), primary_key=True)  # owner/name
+    target: Mapped[str] = mapped_column(String(300), primary_key=True)
+    pr_number: Mapped[int | None] = mapped_column(Integer)
+    branch: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))  # building | ready | failed | stopped | closed
+    sandbox_id: Mapped[str | None] = mapped_column(String(32))
+    head_sha: Mapped[str] = mapped_column(String(40))
+    comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    deployment_id: Mapped[int | None] = mapped_column(BigInteger)
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[str | None] = mapped_column(Text)
+    event_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_github_previews_sandbox_id", "sandbox_id"),)

@@ -1,0 +1,442 @@
+"""A small GitHub REST client on httpx: token or GitHub App auth (installation tokens cached until
+shortly before they expire), bounded retries on rate limits, 5xx and transport errors only, and
+its own error tree. Vendor text never leaves this module; tokens are never logged."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import jwt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from midori_preview.logging import get_logger
+
+log = get_logger(__name__)
+
+API_VERSION = "2022-11-28"
+PER_PAGE = 100
+MAX_PAGES = 50
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class GitHubError(Exception):
+    """Base of GitHub failures: `code` is ours and safe to show; never GitHub's own text."""
+
+    code = "github_error"
+    retryable = False
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+class GitHubUnavailable(GitHubError):
+    """GitHub did not answer, or answered 5xx, past the retry budget."""
+
+    code = "github_unavailable"
+    retryable = True
+
+
+class GitHubRateLimited(GitHubUnavailable):
+    """GitHub's rate limit (429, or 403 with rate-limit headers)."""
+
+    code = "github_rate_limited"
+
+
+class GitHubRejected(GitHubError):
+    """A 4xx answer: retrying will not help."""
+
+    code = "github_rejected"
+
+
+class GitHubNotFound(GitHubRejected):
+    code = "github_not_found"
+
+
+class GitHubAuthFailed(GitHubRejected):
+    """401, or 403 without rate-limit headers: the credentials lack access."""
+
+    code = "github_auth_failed"
+
+
+class GitHubNotConfigured(GitHubError):
+    """No GITHUB_TOKEN and no GitHub App configured (or no installation for the call)."""
+
+    code = "github_not_configured"
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AppCredentials:
+    app_id: int
+    private_key: str
+    installation_id: int | None = None
+
+
+@dataclass(slots=True)
+class _CachedToken:
+    token: str
+    expires_at: float  # epoch seconds
+
+
+def _retry_after(res: httpx.Response) -> float | None:
+    value = res.headers.get("retry-after")
+    if value is not None:
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            return None
+    if res.headers.get("x-ratelimit-remaining") == "0":
+        reset = res.headers.get("x-ratelimit-reset")
+        if reset is not None and reset.isdigit():
+            return max(float(reset) - time.time(), 0.0)
+    return None
+
+
+def classify(res: httpx.Response, what: str) -> GitHubError:
+    """Our error for a non-2xx answer (GitHub's body is not passed on)."""
+    status = res.status_code
+    limited = status == 429 or (
+        status == 403
+        and (res.headers.get("x-ratelimit-remaining") == "0" or "retry-after" in res.headers)
+    )
+    if limited:
+        return GitHubRateLimited(
+            f"GitHub rate limit hit ({what})", status=status, retry_after=_retry_after(res)
+        )
+    if status >= 500:
+        return GitHubUnavailable(
+            f"GitHub answered {status} ({what})", status=status, retry_after=_retry_after(res)
+        )
+    if status in (401, 403):
+        return GitHubAuthFailed(f"GitHub refused the credentials ({what})", status=status)
+    if status == 404:
+        return GitHubNotFound(f"not found on GitHub ({what})", status=status)
+    return GitHubRejected(f"GitHub rejected the request ({what}, {status})", status=status)
+
+
+class GitHubClient:
+    """One per process (built in the app's lifespan). Every method names the installation it
+    acts for when App auth is used; with a token, `installation_id` is ignored."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        token: str | None = None,
+        app: AppCredentials | None = None,
+        timeout: float = 10.0,
+        attempts: int = 4,
+        backoff: float = 1.0,
+        max_wait: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+        self._app = app
+        self.attempts = max(attempts, 1)
+        self.backoff = backoff
+        self.max_wait = max_wait
+        self._http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
+        self._owns_http = http is None
+        self._installation_tokens: dict[int, _CachedToken] = {}
+        self._token_lock = asyncio.Lock()
+
+    @property
+    def configured(self) -> bool:
+        return self._token is not None or self._app is not None
+
+    @property
+    def uses_app(self) -> bool:
+        return self._token is None and self._app is not None
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # --- transport --------------------------------------------------------------------------
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        after = exc.retry_after if isinstance(exc, GitHubError) else None
+        if after is not None:
+            return min(after, self.max_wait)
+        delay = self.backoff * 2 ** (state.attempt_number - 1)
+        return float(min(delay * (0.8 + 0.4 * random.random()), self.max_wait))
+
+    def _should_retry(self, exc: BaseException) -> bool:
+        if not isinstance(exc, GitHubError) or not exc.retryable:
+            return False
+        # A rate limit that resets later than we are willing to wait fails at once.
+        return exc.retry_after is None or exc.retry_after <= self.max_wait
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        bearer: str,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        what: str,
+    ) -> httpx.Response:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            retry=retry_if_exception(self._should_retry),
+            wait=self._wait,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._once(method, path, bearer, json, params, what)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        bearer: str,
+        json: Any,
+        params: dict[str, Any] | None,
+        what: str,
+    ) -> httpx.Response:
+        headers = {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": API_VERSION,
+            "User-Agent": "midori-preview",
+            "Authorization": f"Bearer {bearer}",
+        }
+        try:
+            res = await self._http.request(
+                method, self.api_url + path, json=json, params=params, headers=headers
+            )
+        except httpx.TimeoutException:
+            log.warning("github.timeout", method=method, what=what)
+            raise GitHubUnavailable(f"GitHub did not answer in time ({what})") from None
+        except httpx.TransportError as exc:
+            log.warning("github.unreachable", method=method, what=what, error=type(exc).__name__)
+            raise GitHubUnavailable(f"GitHub is unreachable ({what})") from None
+        log.debug("github.request", method=method, what=what, status=res.status_code)
+        if res.is_success:
+            return res
+        err = classify(res, what)
+        log.warning("github.error", method=method, what=what, status=res.status_code, code=err.code)
+        raise err
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        installation_id: int | None = None,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        what: str = "request",
+    ) -> Any:
+        """One API call with the configured credentials; parsed JSON (None when empty)."""
+        bearer = await self.access_token(installation_id)
+        try:
+            res = await self._send(method, path, bearer=bearer, json=json, params=params, what=what)
+        except GitHubAuthFailed:
+            if installation_id is not None or self.uses_app:
+                self._installation_tokens.clear()  # revoked early: fetch anew next time
+            raise
+        return res.json() if res.content else None
+
+    # --- credentials ------------------------------------------------------------------------
+
+    def _app_jwt(self) -> str:
+        assert self._app is not None
+        now = int(time.time())
+        claims = {"iat": now - 60, "exp": now + 540, "iss": str(self._app.app_id)}
+        return jwt.encode(claims, self._app.private_key, algorithm="RS256")
+
+    async def access_token(self, installation_id: int | None = None) -> str:
+        """The token API calls and git pushes use: GITHUB_TOKEN, or an installation token."""
+        if self._token is not None:
+            return self._token
+        if self._app is None:
+            raise GitHubNotConfigured("GitHub is not configured (GITHUB_TOKEN or App).")
+        inst = installation_id or self._app.installation_id
+        if inst is None:
+            raise GitHubNotConfigured("No GitHub App installation to act for.")
+        async with self._token_lock:
+            cached = self._installation_tokens.get(inst)
+            if cached is not None and cached.expires_at - 60 > time.time():
+                return cached.token
+            res = await self._send(
+                "POST",
+                f"/app/installations/{inst}/access_tokens",
+                bearer=self._app_jwt(),
+                what="installation token",
+            )
+            body = res.json()
+            token = body.get("token")
+            if not isinstance(token, str) or not token:
+                raise GitHubUnavailable("GitHub answered without an installation token")
+            expires = _parse_time(body.get("expires_at")) or time.time() + 3000
+            self._installation_tokens[inst] = _CachedToken(token, expires)
+            log.info("github.installation_token", installation_id=inst)
+            return token
+
+    async def org_installation(self, org: str) -> int:
+        """The App's installation id on an organization (App auth)."""
+        if self._app is None:
+            raise GitHubNotConfigured("No GitHub App configured.")
+        res = await self._send(
+            "GET", f"/orgs/{_seg(org)}/installation", bearer=self._app_jwt(), what="installation"
+        )
+        inst = res.json().get("id")
+        if not isinstance(inst, int):
+            raise GitHubUnavailable("GitHub answered without an installation id")
+        return inst
+
+    # --- comments ---------------------------------------------------------------------------
+
+    async def find_comment(
+        self, repo: str, number: int, marker: str, *, installation_id: int | None
+    ) -> int | None:
+        """Id of the first comment on the issue/PR whose body carries `marker`."""
+        for page in range(1, MAX_PAGES + 1):
+            items = await self.request(
+                "GET",
+                f"/repos/{_repo(repo)}/issues/{number}/comments",
+                params={"per_page": PER_PAGE, "page": page},
+                installation_id=installation_id,
+                what="list comments",
+            )
+            if not isinstance(items, list):
+                return None
+            for item in items:
+                if isinstance(item, dict) and marker in str(item.get("body") or ""):
+                    found = item.get("id")
+                    return found if isinstance(found, int) else None
+            if len(items) < PER_PAGE:
+                return None
+        return None
+
+    async def create_comment(
+        self, repo: str, number: int, body: str, *, installation_id: int | None
+    ) -> int:
+        res = await self.request(
+            "POST",
+            f"/repos/{_repo(repo)}/issues/{number}/comments",
+            json={"body": body},
+            installation_id=installation_id,
+            what="create comment",
+        )
+        return int(res["id"])
+
+    async def edit_comment(
+        self, repo: str, comment_id: int, body: str, *, installation_id: int | None
+    ) -> None:
+        await self.request(
+            "PATCH",
+            f"/repos/{_repo(repo)}/issues/comments/{comment_id}",
+            json={"body": body},
+            installation_id=installation_id,
+            what="edit comment",
+        )
+
+    # --- deployments ------------------------------------------------------------------------
+
+    async def create_deployment(
+        self, repo: str, sha: str, *, description: str, installation_id: int | None
+    ) -> int:
+        res = await self.request(
+            "POST",
+            f"/repos/{_repo(repo)}/deployments",
+            json={
+                "ref": sha,
+                "environment": "preview",
+                "transient_environment": True,
+                "production_environment": False,
+                "auto_merge": False,
+                "required_contexts": [],
+                "description": description[:140],
+            },
+            installation_id=installation_id,
+            what="create deployment",
+        )
+        if not isinstance(res, dict) or not isinstance(res.get("id"), int):
+            raise GitHubRejected("GitHub did not create the deployment")
+        return int(res["id"])
+
+    async def deployment_status(
+        self,
+        repo: str,
+        deployment_id: int,
+        state: str,
+        *,
+        environment_url: str | None = None,
+        description: str | None = None,
+        installation_id: int | None,
+    ) -> None:
+        body: dict[str, Any] = {"state": state, "auto_inactive": False}
+        if environment_url:
+            body["environment_url"] = environment_url
+        if description:
+            body["description"] = description[:140]
+        await self.request(
+            "POST",
+            f"/repos/{_repo(repo)}/deployments/{deployment_id}/statuses",
+            json=body,
+            installation_id=installation_id,
+            what="deployment status",
+        )
+
+    # --- repositories -----------------------------------------------------------------------
+
+    async def create_repo(
+        self,
+        name: str,
+        *,
+        org: str | None,
+        private: bool,
+        description: str,
+        installation_id: int | None,
+    ) -> dict[str, Any]:
+        path = f"/orgs/{_seg(org)}/repos" if org else "/user/repos"
+        res = await self.request(
+            "POST",
+            path,
+            json={"name": name, "private": private, "description": description, "auto_init": False},
+            installation_id=installation_id,
+            what="create repository",
+        )
+        if not isinstance(res, dict):
+            raise GitHubRejected("GitHub did not create the repository")
+        return res
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _repo(full_name: str) -> str:
+    owner, _, name = full_name.partition("/")
+    return f"{_seg(owner)}/{_seg(name)}"
+
+
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
