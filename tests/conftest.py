@@ -109,7 +109,9 @@ class Running:
     def service(self) -> Any:
         return self.app.state.previews
 
-    async def wait_until(self, sandbox_id: str, *statuses: str, user: str = "alice") -> dict[str, Any]:
+    async def wait_until(
+        self, sandbox_id: str, *statuses: str, user: str = "alice"
+    ) -> dict[str, Any]:
         """Wait for the build to settle (no sleeping on the service clock)."""
         await self.service.wait_idle()
         res = await self.client.get(

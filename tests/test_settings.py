@@ -49,3 +49,13 @@ def test_empty_values_from_a_copied_env_example_keep_defaults(
 def test_postgres_urls_are_made_async() -> None:
     s = Settings(_env_file=None, database_url="postgresql://u@h/db")  # type: ignore[call-arg]
     assert s.effective_database_url == "postgresql+asyncpg://u@h/db"
+
+
+@pytest.mark.parametrize("name", ["NEXTAUTH_SECRET", "AUTH_SECRET"])
+def test_a_session_secret_alone_turns_dev_auth_off(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    for field in Settings.model_fields:
+        monkeypatch.delenv(field.upper(), raising=False)
+    monkeypatch.setenv(name, "a-nextauth-secret")
+    assert Settings(_env_file=None).effective_auth_mode == "jwt"  # type: ignore[call-arg]

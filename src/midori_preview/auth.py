@@ -35,8 +35,12 @@ class Authenticator:
         )
         self.audience = settings.auth_jwt_audience
         self.issuer = settings.auth_jwt_issuer
-        if self.mode == "jwt" and not self.secret:
-            raise RuntimeError("AUTH_MODE=jwt needs AUTH_JWT_SECRET")
+        if self.mode == "jwt" and not (
+            self.secret or settings.nextauth_secret or settings.auth_secret
+        ):
+            raise RuntimeError(
+                "AUTH_MODE=jwt needs AUTH_JWT_SECRET (or NEXTAUTH_SECRET/AUTH_SECRET)"
+            )
         self.extra: list[Callable[[Request], Awaitable[Principal | None]]] = []
 
     def _from_jwt(self, token: str) -> Principal:
