@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from midori_preview.logging import get_logger
 
 log = get_logger(__name__)
 
 TERMINAL_STATUSES = frozenset({"stopped", "error"})
+# A blocking read waits less than the Redis client's socket timeout (kv.py: 5 s).
+BLOCK_MS = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +55,12 @@ class EventBus:
             log.warning("events.publish_failed", sandbox_id=sandbox_id, error=type(exc).__name__)
 
     async def read(
-        self, sandbox_id: str, *, after: str = "0-0", block_ms: int | None = 15000
+        self, sandbox_id: str, *, after: str = "0-0", block_ms: int | None = BLOCK_MS
     ) -> list[Event]:
-        res = await self.redis.xread({self.key(sandbox_id): after}, count=200, block=block_ms)
+        try:
+            res = await self.redis.xread({self.key(sandbox_id): after}, count=200, block=block_ms)
+        except RedisTimeoutError:
+            return []
         events: list[Event] = []
         for _key, entries in res or []:
             for entry_id, fields in entries:
@@ -62,7 +68,7 @@ class EventBus:
         return events
 
     async def follow(
-        self, sandbox_id: str, *, after: str = "0-0", block_ms: int | None = 15000
+        self, sandbox_id: str, *, after: str = "0-0", block_ms: int | None = BLOCK_MS
     ) -> AsyncIterator[Event | None]:
         """Every event after `after`, then new ones as they come; `None` when a wait timed out
         (so callers can re-check the database); ends after a terminal status event."""

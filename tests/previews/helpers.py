@@ -208,11 +208,16 @@ async def settles(check: Callable[[], bool], within: float = 2.0) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """A process of group `pgid` still runs (zombies waiting for a slow init do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = raw[raw.rfind(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
 
 
 @dataclass

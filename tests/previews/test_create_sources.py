@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Backend, Running, make_settings, running_app
+from tests.conftest import Backend, Running, make_settings, running_app, user_headers
 from tests.previews.helpers import (
     CAFE_NAME,
     cafe_prompt,
@@ -174,3 +174,24 @@ async def test_git_source_by_ref(
     assert res.status_code == 200
     assert expected in res.text
     assert (await stop(service_app, status["sandboxId"])).json()["status"] == "stopped"
+
+
+async def test_an_unusable_preview_json_fails_the_build_with_its_reason(
+    service_app: Running, repo: dict[str, str], tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    git(work, "checkout", "--quiet", "-b", "broken")
+    (work / "preview.json").write_text("[1, 2, 3]")
+    git(work, "add", "preview.json")
+    git(work, "commit", "--quiet", "-m", "not an object")
+    git(work, "push", "--quiet", "origin", "broken")
+
+    res = await service_app.client.post(
+        "/api/preview/daytona",
+        json={"projectId": "broken", "git": {"url": repo["url"], "ref": "broken"}},
+        headers=user_headers(),
+    )
+    status = await service_app.wait_until(res.json()["sandboxId"], "error")
+    assert status["error"]["step"] == "detect"
+    assert status["error"]["code"] == "invalid_preview_json"
+    assert "preview.json" in status["error"]["message"]

@@ -120,6 +120,7 @@ PAYLOADS: list[tuple[str, dict[str, Any], str]] = [
     ("option-looking ref", _git("https://github.com/x/y", "--upload-pack=x"), "invalid git ref"),
     ("ref with ..", _git("https://github.com/x/y", "main..evil"), "invalid git ref"),
     ("ref with a space", _git("https://github.com/x/y", "a b"), "invalid git ref"),
+    ("ref with a newline", _git("https://github.com/x/y", "main\n"), "invalid git ref"),
 ]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from midori_preview.clock import Clock
 from midori_preview.db.repo import Repository
+from midori_preview.errors import ValidationFailed
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
 from midori_preview.previews.sources import DETECT, BuildPlan, detected_commands
@@ -207,6 +208,10 @@ class Pipeline:
         except StepFailed as exc:
             await self._fail(
                 sandbox_id, state, tail, handle, exc.step, exc.message, exc.exit_code, exc.code
+            )
+        except ValidationFailed as exc:  # the repository's own preview.json is unusable
+            await self._fail(
+                sandbox_id, state, tail, handle, "detect", exc.message, code="invalid_preview_json"
             )
         except ServerExited as exc:
             await self._fail(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
 from midori_preview.auth import Principal, current_user
-from midori_preview.events import TERMINAL_STATUSES
+from midori_preview.events import BLOCK_MS, TERMINAL_STATUSES
 from midori_preview.previews.schemas import (
     Created,
     CreatePreview,
@@ -88,7 +88,7 @@ async def preview_events(
     async def stream() -> AsyncIterator[dict[str, str]]:
         cursor = last_event_id or "0-0"
         # Already over: replay what is left without waiting, then close.
-        block = None if first.status in TERMINAL_STATUSES else 15000
+        block = None if first.status in TERMINAL_STATUSES else BLOCK_MS
         async for event in svc.events.follow(sandbox_id, after=cursor, block_ms=block):
             if event is None:  # nothing new: the stream may have been lost or pruned
                 current = first if block is None else await svc.status(sandbox_id, user.user_id)

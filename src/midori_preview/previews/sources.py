@@ -77,7 +77,7 @@ def validate_git(url: str, ref: str | None, allowed_prefixes: list[str]) -> GitS
         raise ValidationFailed(
             "git URL is not under an allowed prefix (GIT_ALLOWED_URL_PREFIXES)", field="git.url"
         )
-    if ref is not None and not SAFE_REF.match(ref):
+    if ref is not None and not SAFE_REF.fullmatch(ref):
         raise ValidationFailed(f"invalid git ref {ref!r}", field="git.ref")
     return GitSource(url, ref)
 

@@ -117,17 +117,36 @@ class Runner:
 
 
 async def kill_group_and_wait(pid: int, *, timeout: float = 5.0) -> None:
-    """SIGKILL a process group and wait until none of its processes is left."""
+    """SIGKILL a process group and wait until none of its processes is left running. Zombies
+    count as gone: they hold no memory, files or sockets, and orphans among them wait for
+    whichever init reaps them (not always promptly, e.g. in containers)."""
     kill_group(pid)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
+    while loop.time() < deadline and group_running(pid):
         kill_group(pid)
         await asyncio.sleep(0.005)
+
+
+def group_running(pgid: int) -> bool:
+    """Whether any non-zombie process is in process group `pgid` (read from /proc)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp …: comm may hold spaces and parentheses
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def kill_group(pid: int) -> None:
