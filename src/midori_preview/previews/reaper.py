@@ -18,6 +18,7 @@ from redis.exceptions import LockError, RedisError
 from midori_preview.clock import Clock
 from midori_preview.db.models import Sandbox
 from midori_preview.db.repo import LIVE, Repository
+from midori_preview.errors import QuotaUnavailable
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
 from midori_preview.previews.service import PreviewService
@@ -29,6 +30,7 @@ from midori_preview.usage import day_of
 log = get_logger(__name__)
 
 STATE_KEY = "reaper"
+KEEP_ALIVE_EVERY_SECONDS = 60
 
 
 class Reaper:
@@ -51,6 +53,7 @@ class Reaper:
         self.provider = provider
         self.clock = clock
         self.lock_name = f"{quota.prefix}:lock:reaper"
+        self._kept_alive: dict[str, float] = {}  # sandbox id → clock.monotonic() of last call
 
     # --- switches shared by all replicas ----------------------------------------------------
 
@@ -123,6 +126,8 @@ class Reaper:
                 log.info(
                     "cleanup.idle", sandbox_id=row.id, idle_seconds=int(idle), visible=row.visible
                 )
+            elif idle < allowance and await self._keep_alive(row):
+                counts["keptAlive"] += 1
         for row in await self.repo.expired_rows(now):
             if await self._stop(row, "expired"):
                 counts["expired"] += 1
@@ -140,6 +145,23 @@ class Reaper:
             now - timedelta(seconds=s.stopped_retention_seconds)
         )
         return dict(counts)
+
+    async def _keep_alive(self, row: Sandbox) -> bool:
+        """Watched sandboxes reset the provider's own idle auto-stop (Daytona does not count
+        preview traffic as activity), at most once a minute per sandbox."""
+        keep_alive = getattr(self.provider, "keep_alive", None)
+        if keep_alive is None or row.provider_id is None:
+            return False
+        last = self._kept_alive.get(row.id)
+        if last is not None and self.clock.monotonic() - last < KEEP_ALIVE_EVERY_SECONDS:
+            return False
+        self._kept_alive[row.id] = self.clock.monotonic()
+        try:
+            await keep_alive(ProviderSandbox(self.provider.name, row.provider_id, row.id, ""))
+        except ProviderError as exc:
+            log.warning("sandbox.keep_alive_failed", sandbox_id=row.id, code=exc.code)
+            return False
+        return True
 
     async def _stop(self, row: Sandbox, reason: str) -> bool:
         """Claim the row (CAS to stopping) and stop it; False when another actor got there first."""
@@ -222,17 +244,22 @@ class Reaper:
         """Slots and today's usage mirrors from Postgres (after a Redis flush or failover)."""
         counts: Counter[str] = Counter()
         lease = self.service.slot_lease_seconds
-        by_owner: dict[str, list[str]] = {}
-        for row in await self.repo.live_rows():
-            if row.status in LIVE:
-                by_owner.setdefault(row.user_id, []).append(row.id)
-        owners = set(await self.quota.slot_owners()) | set(by_owner)
-        for owner in owners:
-            await self.quota.replace_slots(owner, by_owner.get(owner, []), lease)
+        owners = set(await self.quota.slot_owners())
+        owners |= {row.user_id for row in await self.repo.live_rows() if row.status in LIVE}
+        for owner in sorted(owners):
+            # Under the owner's create lock, reading the rows inside it: a create that holds its
+            # new slot but has not written its row yet must not lose that slot to this rebuild.
+            try:
+                async with self.quota.user_lock(owner):
+                    live = [row.id for row in await self.repo.live_for_user(owner)]
+                    await self.quota.replace_slots(owner, live, lease)
+            except QuotaUnavailable:
+                counts["slotsSkipped"] += 1  # busy for 15 s or Redis gone: the next sync
+                continue
             counts["slotsRebuilt"] += 1
         today = day_of(self.clock.now(), self.service.tz)
         for user_id, seconds in (await self.repo.usage_by_user_for_day(today)).items():
-            await self.quota.set_usage(user_id, today, seconds)
+            await self.quota.raise_usage(user_id, today, seconds)
             counts["usageMirrors"] += 1
         return dict(counts)
 

@@ -55,3 +55,17 @@ local v = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return v
 """
+
+# KEYS[1] usage counter. ARGV: seconds, ttl → the counter after raising it to at least `seconds`
+# (never lowers it). Writers of a total read from Postgres use this: a charge may have committed
+# and reached the mirror after the total was read, and overwriting would lose it.
+RAISE_USAGE = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local v = tonumber(ARGV[1])
+if v > cur then
+  redis.call('SET', KEYS[1], v, 'EX', tonumber(ARGV[2]))
+  return v
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return cur
+"""

@@ -31,6 +31,7 @@ class QuotaService:
         self._renew = redis.register_script(scripts.RENEW_SLOTS)
         self._rate = redis.register_script(scripts.RATE_LIMIT)
         self._add_usage = redis.register_script(scripts.ADD_USAGE)
+        self._raise_usage = redis.register_script(scripts.RAISE_USAGE)
 
     # --- keys -----------------------------------------------------------------------------
 
@@ -101,12 +102,14 @@ class QuotaService:
         value = int(await self._add_usage(keys=[key], args=[seconds, self.usage_ttl]))
         if value >= 0:
             return value
-        total = await from_db()
-        await self.redis.set(key, total, ex=self.usage_ttl)
-        return total
+        return await self.raise_usage(user_id, day, await from_db())
 
-    async def set_usage(self, user_id: str, day: str, seconds: int) -> None:
-        await self.redis.set(self.usage_key(user_id, day), seconds, ex=self.usage_ttl)
+    async def raise_usage(self, user_id: str, day: str, seconds: int) -> int:
+        """Set the mirror from a Postgres total, never below what it already holds: a charge that
+        committed after the total was read may already be in it (the mirror never runs ahead of
+        the ledger, so the larger value is the truer one)."""
+        key = self.usage_key(user_id, day)
+        return int(await self._raise_usage(keys=[key], args=[seconds, self.usage_ttl]))
 
     # --- locks ----------------------------------------------------------------------------
 

@@ -1,0 +1,286 @@
+"""The reaper pass: idle (and the shorter allowance of a hidden tab), expired, builds whose owning
+replica stopped renewing its lease, retention of stopped rows; two replicas' reapers running at
+the same moment act once per sandbox. Time moves on the ManualClock; sandboxes are real."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from midori_preview.clock import ManualClock
+from midori_preview.db.models import Sandbox
+from midori_preview.previews.service import new_sandbox_id
+from midori_preview.providers.base import SandboxSpec
+from tests.conftest import Backend, Running, make_settings, running_app, user_headers
+from tests.quota.helpers import (
+    captured_logs,
+    create,
+    create_running,
+    events,
+    heartbeat,
+    ledger_total,
+    replicas,
+    row,
+    status,
+    stop,
+)
+
+
+async def provider_ids(app: Running) -> set[str]:
+    listed = await app.app.state.provider.list_sandboxes(
+        {"midori-preview": "1", "midori-preview/deployment": app.settings.preview_deployment}
+    )
+    return {i.provider_id for i in listed}
+
+
+async def test_a_sandbox_nobody_watches_is_stopped_as_idle(
+    tmp_path: Path, backend: Backend, clock: ManualClock
+) -> None:
+    settings = make_settings(tmp_path, backend, log_level="DEBUG")
+    async with running_app(settings, clock=clock) as app:
+        reaper = app.app.state.reaper
+        sandbox_id = await create_running(app, "site")
+        with captured_logs() as logs:
+            clock.advance(120)
+            assert (await heartbeat(app, sandbox_id)).status_code == 200
+            clock.advance(299)
+            assert (await reaper.run_pass()).get("idle", 0) == 0
+            assert (await status(app, sandbox_id))["status"] == "running"
+
+            clock.advance(1)  # 300 s since the last heartbeat
+            counts = await reaper.run_pass()
+        assert counts["idle"] == 1
+
+        gone = await status(app, sandbox_id)
+        assert (gone["status"], gone["reason"]) == ("stopped", "idle")
+        assert sandbox_id not in await provider_ids(app)
+        assert await app.app.state.quota.slot_holders("alice") == []
+        assert await ledger_total(app) == 120  # not charged past the last heartbeat
+        late = await heartbeat(app, sandbox_id)
+        assert late.status_code == 410
+        assert late.json()["error"]["reason"] == "idle"
+
+        assert events(logs, "heartbeat", sandbox_id=sandbox_id)
+        (idle,) = events(logs, "cleanup.idle")
+        assert idle["sandbox_id"] == sandbox_id
+        assert (idle["idle_seconds"], idle["visible"]) == (300, True)
+        assert events(logs, "sandbox.deleted", sandbox_id=sandbox_id, reason="idle")
+        passes = events(logs, "cleanup.pass")
+        assert [p.get("idle", 0) for p in passes] == [0, 1]
+
+        assert (await create(app, "other")).status_code == 202  # the slot is free again
+        await app.service.wait_idle()
+
+
+async def test_a_hidden_tab_gets_the_shorter_idle_timeout(
+    tmp_path: Path, pg_backend: Backend, clock: ManualClock
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        pg_backend,
+        log_level="INFO",
+        idle_timeout_seconds=300,
+        hidden_idle_timeout_seconds=180,
+    )
+    async with running_app(settings, clock=clock) as app:
+        shown = await create_running(app, "site", user="alice")
+        hidden = await create_running(app, "site", user="bob")
+        clock.advance(60)
+        assert (await heartbeat(app, shown, user="alice", visible=True)).status_code == 200
+        assert (await heartbeat(app, hidden, user="bob", visible=False)).status_code == 200
+        assert (await row(app, hidden)).visible is False
+
+        clock.advance(179)
+        assert (await app.app.state.reaper.run_pass()).get("idle", 0) == 0
+        clock.advance(1)
+        with captured_logs() as logs:
+            counts = await app.app.state.reaper.run_pass()
+        assert counts["idle"] == 1
+        assert (await status(app, hidden, user="bob"))["reason"] == "idle"
+        assert (await status(app, shown, user="alice"))["status"] == "running"
+        (idle,) = events(logs, "cleanup.idle")
+        assert (idle["sandbox_id"], idle["visible"]) == (hidden, False)
+
+        # Visible again: back to the full allowance.
+        assert (await heartbeat(app, shown, visible=False)).status_code == 200
+        assert (await heartbeat(app, shown, visible=True)).status_code == 200
+        clock.advance(299)
+        assert (await app.app.state.reaper.run_pass()).get("idle", 0) == 0
+        clock.advance(1)
+        assert (await app.app.state.reaper.run_pass())["idle"] == 1
+
+
+async def test_a_sandbox_past_its_ttl_is_expired_even_while_watched(
+    tmp_path: Path, pg_backend: Backend, clock: ManualClock
+) -> None:
+    settings = make_settings(tmp_path, pg_backend, log_level="INFO", max_sandbox_ttl_seconds=600)
+    async with running_app(settings, clock=clock) as app:
+        sandbox_id = await create_running(app, "site")
+        reaper = app.app.state.reaper
+        for _ in range(4):  # watched the whole time: never idle
+            clock.advance(120)
+            assert (await heartbeat(app, sandbox_id)).status_code == 200
+            assert (await reaper.run_pass()).get("expired", 0) == 0
+        clock.advance(120)  # 600 s after it was created
+        with captured_logs() as logs:
+            counts = await reaper.run_pass()
+        assert counts["expired"] == 1
+        assert counts.get("idle", 0) == 0
+        gone = await status(app, sandbox_id)
+        assert (gone["status"], gone["reason"]) == ("stopped", "expired")
+        assert [e["sandbox_id"] for e in events(logs, "cleanup.expired")] == [sandbox_id]
+        assert events(logs, "sandbox.deleted", sandbox_id=sandbox_id, reason="expired")
+        assert sandbox_id not in await provider_ids(app)
+        assert await app.app.state.quota.slot_holders("alice") == []
+
+
+async def _build_of_another_replica(
+    app: Running, clock: ManualClock, *, owner: str, user: str, lease_seconds: int = 60
+) -> str:
+    """What a replica leaves behind mid-build: the row in `building` under its lease, the slot it
+    took and the provider sandbox it created (as PreviewService.create and the pipeline do)."""
+    sandbox_id = new_sandbox_id()
+    settings = app.settings
+    labels = {
+        "midori-preview": "1",
+        "midori-preview/deployment": settings.preview_deployment,
+        "midori-preview/sandbox-id": sandbox_id,
+        "midori-preview/user-id": user,
+        "midori-preview/project-id": "site",
+    }
+    now = clock.now()
+    granted = await app.app.state.quota.acquire_slot(
+        user, sandbox_id, limit=1, lease_seconds=app.service.slot_lease_seconds
+    )
+    assert granted.granted
+    handle = await app.app.state.provider.create(
+        SandboxSpec(sandbox_id, user, "site", labels=labels), timeout=30
+    )
+    await app.app.state.repo.insert_sandbox(
+        Sandbox(
+            id=sandbox_id, user_id=user, project_id="site", kind="user", provider="local",
+            provider_id=handle.provider_id, source_kind="files", source_digest="0" * 64,
+            template=None, status="building", port=3000, commands_run=2, visible=True,
+            active=True, created_at=now, updated_at=now,
+            expires_at=now + timedelta(seconds=settings.max_sandbox_ttl_seconds),
+            lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
+    )  # fmt: skip
+    return sandbox_id
+
+
+async def test_a_build_whose_replica_stopped_renewing_its_lease_fails_as_lease_lost(
+    tmp_path: Path, backend: Backend, clock: ManualClock
+) -> None:
+    settings = make_settings(tmp_path, backend, log_level="INFO", build_lease_seconds=60)
+    async with running_app(settings, clock=clock) as app:
+        reaper = app.app.state.reaper
+        crashed = await _build_of_another_replica(app, clock, owner="replica-b", user="alice")
+        assert (await create(app, "mine")).status_code == 409  # its slot is held
+
+        clock.advance(30)
+        alive = await _build_of_another_replica(app, clock, owner="replica-c", user="bob")
+        clock.advance(29)  # replica-b's lease still runs
+        assert (await reaper.run_pass()).get("leaseLost", 0) == 0
+        assert (await row(app, crashed)).status == "building"
+
+        clock.advance(2)  # replica-b's lease is over; replica-c's runs for another 29 s
+        with captured_logs() as logs:
+            counts = await reaper.run_pass()
+        assert counts["leaseLost"] == 1
+        failed = await status(app, crashed)
+        assert (failed["status"], failed["reason"]) == ("error", "error:lease_lost")
+        assert failed["error"]["step"] == "building"
+        assert (await row(app, alive)).status == "building"
+        assert crashed not in await provider_ids(app)
+        assert alive in await provider_ids(app)
+        assert events(logs, "cleanup.lease_lost", sandbox_id=crashed)
+        assert events(logs, "sandbox.deleted", sandbox_id=crashed)
+
+        assert await app.app.state.quota.slot_holders("alice") == []
+        res = await create(app, "mine")  # the crashed build's slot is free
+        assert res.status_code == 202, res.text
+        await app.wait_until(res.json()["sandboxId"], "running")
+
+        clock.advance(30)
+        assert (await reaper.run_pass())["leaseLost"] == 1  # replica-c's turn
+        assert (await row(app, alive)).reason == "error:lease_lost"
+
+
+async def test_a_build_running_in_this_process_is_not_failed_for_its_lease(
+    tmp_path: Path, pg_backend: Backend, clock: ManualClock
+) -> None:
+    async with running_app(make_settings(tmp_path, pg_backend), clock=clock) as app:
+        res = await create(app, "slow", build="sleep 1")
+        sandbox_id = res.json()["sandboxId"]
+        for _ in range(500):
+            if (await row(app, sandbox_id)).status == "building":
+                break
+            await asyncio.sleep(0.02)  # real build progress, not service time
+        assert (await row(app, sandbox_id)).status == "building"
+        clock.advance(600)  # far past the lease, on the service clock only
+        assert (await app.app.state.reaper.run_pass()).get("leaseLost", 0) == 0
+        assert (await app.wait_until(sandbox_id))["status"] == "running"
+
+
+async def test_stopped_rows_leave_the_active_view_after_retention(
+    tmp_path: Path, pg_backend: Backend, clock: ManualClock
+) -> None:
+    settings = make_settings(tmp_path, pg_backend, stopped_retention_seconds=7200)
+    async with running_app(settings, clock=clock) as app:
+        sandbox_id = await create_running(app, "site")
+        await stop(app, sandbox_id)
+        admin = user_headers("root", admin=True)
+
+        async def listed() -> list[str]:
+            res = await app.client.get("/api/preview/admin/sandboxes", headers=admin)
+            return [s["sandboxId"] for s in res.json()["sandboxes"]]
+
+        clock.advance(7199)
+        assert (await app.app.state.reaper.run_pass())["retired"] == 0
+        assert await listed() == [sandbox_id]
+        clock.advance(1)
+        assert (await app.app.state.reaper.run_pass())["retired"] == 1
+        assert await listed() == []
+        stats = (await app.client.get("/api/preview/cleanup", headers=admin)).json()["stats"]
+        assert (stats["total"], stats["stopped"]) == (0, 0)
+        assert (await status(app, sandbox_id))["status"] == "stopped"  # still answerable
+
+
+async def test_two_replicas_reapers_at_once_stop_an_idle_sandbox_once(
+    tmp_path: Path, pg_backend: Backend, clock: ManualClock
+) -> None:
+    settings = make_settings(tmp_path, pg_backend, log_level="INFO")
+    async with replicas(settings, clock) as (a, b):
+        sandbox_id = await create_running(a, "site")
+        clock.advance(301)
+        with captured_logs() as logs:
+            results = await asyncio.gather(
+                a.app.state.reaper.run_pass(), b.app.state.reaper.run_pass()
+            )
+        assert sum(r.get("idle", 0) for r in results) == 1
+        assert sorted("skipped" in r for r in results) == [False, True]  # one pass at a time
+        assert len(events(logs, "cleanup.idle", sandbox_id=sandbox_id)) == 1
+        assert len(events(logs, "sandbox.deleted", sandbox_id=sandbox_id)) == 1
+        assert (await status(b, sandbox_id))["reason"] == "idle"
+
+
+async def test_two_replicas_passes_without_the_lock_claim_each_sandbox_once(
+    tmp_path: Path, pg_backend: Backend, clock: ManualClock
+) -> None:
+    """Even if the pass lock were lost (or Redis down), each row is claimed by one replica."""
+    settings = make_settings(tmp_path, pg_backend, log_level="INFO")
+    async with replicas(settings, clock) as (a, b):
+        ids = [await create_running(a, "site", user=f"user{i}") for i in range(4)]
+        clock.advance(301)
+        with captured_logs() as logs:
+            results: list[dict[str, Any]] = await asyncio.gather(
+                a.app.state.reaper._pass(), b.app.state.reaper._pass()
+            )
+        assert sum(r.get("idle", 0) for r in results) == 4
+        for sandbox_id in ids:
+            assert len(events(logs, "cleanup.idle", sandbox_id=sandbox_id)) == 1
+            assert len(events(logs, "sandbox.deleted", sandbox_id=sandbox_id)) == 1
+            assert (await row(a, sandbox_id)).reason == "idle"
