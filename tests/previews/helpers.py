@@ -28,7 +28,9 @@ from tests.conftest import Running, user_headers
 
 API = "/api/preview/daytona"
 TOKEN_HEADER = "x-daytona-preview-token"
-CAFE_JSON = Path("/work/shared/examples/test-cafe.json")
+CAFE_JSON = (
+    Path(__file__).resolve().parents[2] / "src/midori_preview/web/static/examples/test-cafe.json"
+)
 CAFE_NAME = "บ้านกาแฟ Baan Kafae"
 
 
