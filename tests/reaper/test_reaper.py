@@ -284,3 +284,47 @@ async def test_two_replicas_passes_without_the_lock_claim_each_sandbox_once(
             assert len(events(logs, "cleanup.idle", sandbox_id=sandbox_id)) == 1
             assert len(events(logs, "sandbox.deleted", sandbox_id=sandbox_id)) == 1
             assert (await row(a, sandbox_id)).reason == "idle"
+
+
+async def test_a_heartbeat_between_the_reapers_read_and_its_claim_keeps_the_sandbox(
+    tmp_path: Path, backend: Backend, clock: ManualClock
+) -> None:
+    async with running_app(make_settings(tmp_path, backend), clock=clock) as app:
+        reaper = app.app.state.reaper
+        sandbox_id = await create_running(app, "site")
+        clock.advance(301)
+        (seen,) = await app.app.state.repo.running_rows()  # the reaper read it as idle…
+        assert (await heartbeat(app, sandbox_id)).status_code == 200  # …then the browser spoke
+        claimed = await reaper._stop(
+            seen, "idle", expect={"last_heartbeat_at": seen.last_heartbeat_at}
+        )
+        assert claimed is False
+        assert (await status(app, sandbox_id))["status"] == "running"
+
+
+async def test_a_lease_renewed_between_the_reapers_read_and_its_claim_keeps_the_build(
+    tmp_path: Path, pg_backend: Backend, clock: ManualClock
+) -> None:
+    async with running_app(make_settings(tmp_path, pg_backend), clock=clock) as app:
+        repo = app.app.state.repo
+        now = clock.now()
+        sandbox = Sandbox(
+            id=new_sandbox_id(), user_id="alice", project_id="p", kind="user",
+            provider="local", source_kind="files", source_digest="d", status="building",
+            port=3000, commands_run=0, visible=True, active=True, created_at=now,
+            updated_at=now, expires_at=now + timedelta(hours=2), lease_owner="gone-replica",
+            lease_expires_at=now - timedelta(seconds=1),
+        )  # fmt: skip
+        await repo.insert_sandbox(sandbox)
+        (seen,) = await repo.stale_lease_rows(now)
+        assert await repo.renew_lease(sandbox.id, "gone-replica", now + timedelta(seconds=60))
+        assert await app.app.state.reaper._fail_lost_build(seen, now) is False
+        assert (await row(app, sandbox.id)).status == "building"
+
+
+async def test_two_replicas_sync_one_at_a_time(
+    tmp_path: Path, pg_backend: Backend, clock: ManualClock
+) -> None:
+    async with replicas(make_settings(tmp_path, pg_backend), clock) as (a, b):
+        results = await asyncio.gather(a.app.state.reaper.sync(), b.app.state.reaper.sync())
+        assert sorted("skipped" in r for r in results) == [False, True]

@@ -87,14 +87,18 @@ class Repository:
         from_status: Iterable[str],
         to_status: str,
         now: datetime,
+        expect: dict[str, Any] | None = None,
         **fields: Any,
     ) -> bool:
-        """Compare-and-set the state: True when this caller moved the row."""
+        """Compare-and-set the state (and the `expect`ed column values, None = NULL): True when
+        this caller moved the row."""
+        conds = [Sandbox.id == sandbox_id, Sandbox.status.in_(tuple(from_status))]
+        for name, value in (expect or {}).items():
+            column = getattr(Sandbox, name)
+            conds.append(column.is_(None) if value is None else column == value)
         async with self.sessions() as s, s.begin():
             result = await s.execute(
-                update(Sandbox)
-                .where(Sandbox.id == sandbox_id, Sandbox.status.in_(tuple(from_status)))
-                .values(status=to_status, updated_at=now, **fields)
+                update(Sandbox).where(*conds).values(status=to_status, updated_at=now, **fields)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -76,6 +78,8 @@ class Reaper:
         if await self.is_paused():
             return None
         counts = await self.run_pass()
+        if "skipped" in counts:
+            return counts
         state = await self.last_run()
         last_sync = state.get("lastSyncAt")
         due = (
@@ -87,23 +91,34 @@ class Reaper:
             counts["sync"] = await self.sync()
         return counts
 
-    async def run_pass(self) -> dict[str, Any]:
-        """One cleanup pass now (one replica at a time)."""
+    @asynccontextmanager
+    async def _exclusive(self, name: str) -> AsyncIterator[bool]:
+        """One replica at a time: yields False when another one holds `name`. Without Redis it
+        yields True: rows are still claimed one by one by compare-and-set."""
         try:
             lock = self.quota.redis.lock(
-                self.lock_name, timeout=max(self.settings.reaper_interval_seconds * 4, 60)
+                f"{self.lock_name}:{name}",
+                timeout=max(self.settings.reaper_interval_seconds * 4, 60),
             )
             if not await lock.acquire(blocking=False):
-                return {"skipped": "another replica is running a pass"}
+                yield False
+                return
         except RedisError:
-            lock = None  # without Redis, rows are still claimed one by one by CAS
-        started = time.perf_counter()
+            lock = None
         try:
-            counts = await self._pass()
+            yield True
         finally:
             if lock is not None:
                 with contextlib.suppress(LockError, RedisError):
                     await lock.release()  # expired: nothing to release
+
+    async def run_pass(self) -> dict[str, Any]:
+        """One cleanup pass now (one replica at a time)."""
+        started = time.perf_counter()
+        async with self._exclusive("pass") as mine:
+            if not mine:
+                return {"skipped": "another replica is running a pass"}
+            counts = await self._pass()
         counts["durationMs"] = round((time.perf_counter() - started) * 1000, 1)
         log.info("cleanup.pass", **counts)
         state = await self.last_run()
@@ -121,7 +136,9 @@ class Reaper:
             seen = row.last_heartbeat_at or row.ready_at or row.created_at
             allowance = s.idle_timeout_seconds if row.visible else s.hidden_idle_timeout_seconds
             idle = (now - seen).total_seconds()
-            if idle >= allowance and await self._stop(row, "idle"):
+            # claimed only if no heartbeat arrived since it was read
+            fresh = {"last_heartbeat_at": row.last_heartbeat_at}
+            if idle >= allowance and await self._stop(row, "idle", expect=fresh):
                 counts["idle"] += 1
                 log.info(
                     "cleanup.idle", sandbox_id=row.id, idle_seconds=int(idle), visible=row.visible
@@ -163,11 +180,11 @@ class Reaper:
             return False
         return True
 
-    async def _stop(self, row: Sandbox, reason: str) -> bool:
+    async def _stop(self, row: Sandbox, reason: str, expect: dict[str, Any] | None = None) -> bool:
         """Claim the row (CAS to stopping) and stop it; False when another actor got there first."""
         moved = await self.repo.transition(
             row.id, from_status=(row.status,), to_status="stopping", now=self.clock.now(),
-            reason=reason, stopped_at=self.clock.now(),
+            expect=expect, reason=reason, stopped_at=self.clock.now(),
         )  # fmt: skip
         if not moved:
             return False
@@ -178,6 +195,7 @@ class Reaper:
     async def _fail_lost_build(self, row: Sandbox, now: datetime) -> bool:
         moved = await self.repo.transition(
             row.id, from_status=(row.status,), to_status="error", now=now,
+            expect={"lease_expires_at": row.lease_expires_at},  # not renewed meanwhile
             reason="error:lease_lost", error_step=row.status,
             error_message="the replica building this preview stopped", stopped_at=now,
             lease_owner=None, lease_expires_at=None,
@@ -206,8 +224,15 @@ class Reaper:
 
     # --- reconcile --------------------------------------------------------------------------
 
-    async def sync(self) -> dict[str, int]:
-        """Reconcile with the provider and rebuild Redis state from Postgres."""
+    async def sync(self) -> dict[str, Any]:
+        """Reconcile with the provider and rebuild Redis state from Postgres (one replica at a
+        time)."""
+        async with self._exclusive("sync") as mine:
+            if not mine:
+                return {"skipped": "another replica is syncing"}
+            return await self._sync()
+
+    async def _sync(self) -> dict[str, Any]:
         counts: Counter[str] = Counter()
         now = self.clock.now()
         # Rows first: any row read here got its provider sandbox before the listing below.
@@ -232,7 +257,10 @@ class Reaper:
             if gone and await self.service.close_row(row, status="stopped", reason="lost"):
                 counts["lost"] += 1
                 log.warning("cleanup.lost", sandbox_id=row.id)
-        counts.update(await self.rebuild_redis())
+        try:
+            counts.update(await self.rebuild_redis())
+        except RedisError:
+            counts["redisUnavailable"] = 1  # the next sync rebuilds it
         state = await self.last_run()
         state["lastSyncAt"] = now.isoformat()
         state["lastSync"] = dict(counts)

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -31,6 +29,7 @@ from midori_preview.errors import (
 )
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
+from midori_preview.previews.charging import Charger
 from midori_preview.previews.pipeline import Pipeline, PipelineSettings
 from midori_preview.previews.schemas import (
     Created,
@@ -49,7 +48,7 @@ from midori_preview.providers.base import (
 )
 from midori_preview.quota.service import QuotaService
 from midori_preview.settings import Settings
-from midori_preview.usage import day_of, next_midnight, split_by_day
+from midori_preview.usage import day_of, next_midnight
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -62,14 +61,6 @@ CHARGED_REASONS = frozenset({"user", "replaced"})
 def new_sandbox_id() -> str:
     """16 lowercase base32 characters: DNS-label safe (preview hosts) and unguessable."""
     return base64.b32encode(secrets.token_bytes(10)).decode().lower()
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    seconds: int
-    charged_until: datetime
-    entries: list[tuple[str, str, str, int]]
-    exhausted: bool
 
 
 class PreviewService:
@@ -113,6 +104,13 @@ class PreviewService:
             on_finished=self._finished,
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.charger = Charger(
+            settings=settings,
+            repo=repo,
+            quota=quota,
+            tz=self.tz,
+            slot_lease_seconds=self.slot_lease_seconds,
+        )
 
     # --- create ---------------------------------------------------------------------------
 
@@ -212,15 +210,21 @@ class PreviewService:
             slot = await self.quota.acquire_slot(
                 user_id, sandbox_id, limit=limit, lease_seconds=lease
             )
-            if slot.granted:
-                return
+            # Postgres is the truth: Redis may have lost slots (flush, failover) or kept some.
             live = await self.repo.live_for_user(user_id)
             live_ids = {r.id for r in live}
-            stale = [h for h in slot.holders if h not in live_ids]
-            for holder in stale:  # a release that never reached Redis: heal it here
-                await self.quota.release_slot(user_id, holder)
-            if stale:
-                continue
+            if slot.granted:
+                if len(live) < limit:
+                    return
+                # Redis forgot live sandboxes: put their slots back and refuse this one.
+                await self.quota.release_slot(user_id, sandbox_id)
+                await self.quota.renew_slots(user_id, live_ids, lease)
+            else:
+                stale = [h for h in slot.holders if h not in live_ids]
+                for holder in stale:  # a release that never reached Redis: heal it here
+                    await self.quota.release_slot(user_id, holder)
+                if stale:
+                    continue
             if replace and live:
                 await self.stop(live[0].id, reason="replaced")
                 continue
@@ -361,24 +365,11 @@ class PreviewService:
 
     # --- usage ----------------------------------------------------------------------------
 
-    async def _redis_or(
-        self, call: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]
-    ) -> T:
-        try:
-            return await call()
-        except RedisError:
-            return await fallback()
-
-    async def _used_on(self, user_id: str, day: str) -> int:
-        def from_db() -> Awaitable[int]:
-            return self.repo.used_seconds(user_id, day)
-
-        return await self._redis_or(lambda: self.quota.used_seconds(user_id, day, from_db), from_db)
-
     async def _used_today(self, user_id: str) -> int:
-        return await self._used_on(user_id, day_of(self.clock.now(), self.tz))
+        return await self.charger.used_on(user_id, day_of(self.clock.now(), self.tz))
 
     async def usage(self, user_id: str, used: int | None = None) -> Usage:
+        """The user's preview time today (`used` when the caller already knows it)."""
         now = self.clock.now()
         if used is None:
             used = await self._used_today(user_id)
@@ -392,49 +383,13 @@ class PreviewService:
             reset_at=next_midnight(now, self.tz),
         )
 
-    async def _plan_charge(self, row: Sandbox, now: datetime, *, capped: bool = True) -> Charge:
-        start = row.charged_until or row.ready_at or now
-        gap = (now - start).total_seconds()
-        if gap < 1:
-            return Charge(0, start, [], False)
-        most = self.settings.heartbeat_interval_seconds + self.settings.heartbeat_grace_seconds
-        if capped and gap > most:  # a lost browser is not billed for the gap
-            seconds, begin, until = most, now - timedelta(seconds=most), now
-        else:
-            seconds, begin = int(gap), start
-            until = start + timedelta(seconds=seconds)
-        entries: list[tuple[str, str, str, int]] = []
-        exhausted = False
-        today = day_of(now, self.tz)
-        for day, part in split_by_day(begin, seconds, self.tz):
-            remaining = self.settings.daily_usage_cap_seconds - await self._used_on(
-                row.user_id, day
-            )
-            take = max(min(part, remaining), 0)
-            if day == today and take >= remaining:
-                exhausted = True
-            if take < part:
-                until = now
-            entries.append((row.user_id, row.project_id, day, take))
-        return Charge(sum(e[3] for e in entries), until, entries, exhausted)
-
-    async def _mirror(self, charge: Charge) -> None:
-        for user_id, _, day, seconds in charge.entries:
-            if seconds <= 0:
-                continue
-
-            def from_db(u: str = user_id, d: str = day) -> Awaitable[int]:
-                return self.repo.used_seconds(u, d)
-
-            try:
-                await self.quota.add_usage(user_id, day, seconds, from_db)
-            except RedisError:
-                log.warning("quota.mirror_failed", user_id=user_id)  # sync rebuilds it
-
     # --- heartbeat ------------------------------------------------------------------------
 
     async def heartbeat(self, sandbox_id: str, user_id: str, visible: bool) -> HeartbeatOut:
-        """Record that someone is watching; charge the time since the last heartbeat."""
+        """Record that someone is watching; charge the time since the last heartbeat.
+
+        The hot path: one row read, one Redis script (slot renewal + the charge reserved against
+        the day's cap) and one transaction (compare-and-set on the row + ledger upsert)."""
         row = await self._owned(sandbox_id, user_id)
         now = self.clock.now()
         if row.status in TERMINAL or row.status == "stopping":
@@ -443,34 +398,46 @@ class PreviewService:
         if row.status != "running":
             await self.repo.touch_heartbeat(sandbox_id, now, visible)
             return HeartbeatOut(
-                sandbox_id=row.id, status=row.status, next_heartbeat_seconds=interval
-            )  # type: ignore[arg-type]
-        charge = await self._plan_charge(row, now)
-        if charge.seconds > 0 or charge.charged_until != row.charged_until:
-            charged = await self.repo.charge(
-                sandbox_id,
-                expected_charged_until=row.charged_until,
-                charged_until=charge.charged_until,
-                now=now,
-                visible=visible,
-                entries=charge.entries,
+                sandbox_id=row.id,
+                status=row.status,  # type: ignore[arg-type]
+                next_heartbeat_seconds=interval,
             )
-            if charged:
-                await self._mirror(charge)
-        else:
-            charged = False
-            await self.repo.touch_heartbeat(sandbox_id, now, visible)
-        with contextlib.suppress(RedisError):  # sync re-asserts slots from Postgres
-            await self.quota.renew_slots(row.user_id, [row.id], self.slot_lease_seconds)
-        log.debug("heartbeat", sandbox_id=sandbox_id, charged=charge.seconds if charged else 0)
-        if charged and charge.exhausted:
+        charge = await self.charger.plan(row, now, renew_slot=True)
+        changed = (
+            charge.seconds > 0
+            or charge.charged_until != row.charged_until
+            or visible != row.visible
+            or row.last_heartbeat_at is None
+            or (now - row.last_heartbeat_at).total_seconds() >= 1
+        )
+        total, exhausted = charge.total_today, charge.exhausted
+        if changed:  # a duplicate within the same second writes nothing
+            try:
+                charged = await self.repo.charge(
+                    sandbox_id,
+                    expected_charged_until=row.charged_until,
+                    charged_until=charge.charged_until,
+                    now=now,
+                    visible=visible,
+                    entries=charge.entries,
+                )
+            except BaseException:
+                await self.charger.refund(row.user_id, charge)
+                raise
+            if not charged:  # a concurrent heartbeat charged this time already
+                await self.charger.refund(row.user_id, charge)
+                today = day_of(now, self.tz)
+                total -= sum(sec for day, sec in charge.reserved if day == today)
+                exhausted = total >= self.settings.daily_usage_cap_seconds
+        log.debug("heartbeat", sandbox_id=sandbox_id, charged=charge.seconds, visible=visible)
+        if exhausted:
             await self.stop(sandbox_id, reason="quota")
             self._raise_stopped(await self._owned(sandbox_id, None))
         return HeartbeatOut(
             sandbox_id=row.id,
             status="running",
             next_heartbeat_seconds=interval,
-            usage=await self.usage(row.user_id),
+            usage=await self.usage(row.user_id, used=total),
         )
 
     def _raise_stopped(self, row: Sandbox) -> None:
@@ -498,7 +465,7 @@ class PreviewService:
         now = self.clock.now()
         if row.status != "stopping":
             charge = (
-                await self._plan_charge(row, now)
+                await self.charger.plan(row, now, renew_slot=False)
                 if row.status == "running" and reason in CHARGED_REASONS
                 else None
             )
@@ -514,9 +481,9 @@ class PreviewService:
                 stopped_at=now,
             )
             if not moved:  # raced with a transition or another stop: look again
+                if charge:
+                    await self.charger.refund(row.user_id, charge)
                 return await self.stop(sandbox_id, reason=reason, user_id=user_id)
-            if charge:
-                await self._mirror(charge)
             await self.events.publish(
                 sandbox_id, "status", {"status": "stopping", "reason": reason}
             )

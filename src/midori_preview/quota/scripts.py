@@ -69,3 +69,28 @@ end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return cur
 """
+
+# The heartbeat's one Redis call. KEYS[1] usage counter of a day, KEYS[2] the slots zset.
+# ARGV: seconds wanted, daily cap, usage ttl, sandbox id ('' = no slot to renew), lease ms.
+# Renews the sandbox's slot and reserves up to `seconds` of the day's remaining time, atomically,
+# so that two sandboxes of one user charging at once cannot both spend the same remainder.
+# → {granted, total after} | {-1, 0} when the mirror is missing (rebuild it from Postgres).
+HEARTBEAT = """
+if ARGV[4] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]) * 2)
+end
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {-1, 0} end
+cur = tonumber(cur)
+local want = tonumber(ARGV[1])
+local room = tonumber(ARGV[2]) - cur
+if room < 0 then room = 0 end
+local granted = want
+if granted > room then granted = room end
+if granted > 0 then redis.call('INCRBY', KEYS[1], granted) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {granted, cur + granted}
+"""
