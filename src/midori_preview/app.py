@@ -184,7 +184,10 @@ def create_app(
         if run_migrations:
             await upgrade_head_async(db_url)
         engine = make_engine(db_url)
-        repo = Repository(session_factory(engine))
+        repo = Repository(
+            session_factory(engine),
+            reads=session_factory(engine.execution_options(isolation_level="AUTOCOMMIT")),
+        )
         kv = redis if redis is not None else make_redis(settings.redis_url)
         prefix = f"mp:{settings.preview_deployment}"
         quota = QuotaService(kv, prefix=prefix)

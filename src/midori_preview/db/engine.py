@@ -28,7 +28,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping (a round trip per checkout on every request): connections are recycled, and
+    # a dead one fails one request, which the pool then replaces.
+    return create_async_engine(url, pool_size=pool_size, max_overflow=20, pool_recycle=1800)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]

@@ -6,11 +6,31 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    String,
+    and_,
+    column,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+    values,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from midori_preview.db.models import IdempotencyKey, Sandbox, ServiceState, UsageLedger
+from midori_preview.db.models import (
+    IdempotencyKey,
+    Sandbox,
+    ServiceState,
+    UsageLedger,
+    UTCDateTime,
+)
 
 TERMINAL = ("stopped", "error")
 BUILDING = ("requested", "creating", "uploading", "installing", "building", "starting")
@@ -24,17 +44,24 @@ def _insert(session: AsyncSession, table: Any) -> Any:
 
 
 class Repository:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.sessions = sessions
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        reads: async_sessionmaker[AsyncSession] | None = None,
+    ) -> None:
+        self.sessions = sessions  # writes: one transaction each
+        # Reads run in autocommit: no BEGIN/ROLLBACK round trips on the hot paths (status,
+        # heartbeat); each is a single statement, so it sees one consistent snapshot anyway.
+        self.reads = reads or sessions
 
     # --- sandboxes ------------------------------------------------------------------------
 
     async def get(self, sandbox_id: str) -> Sandbox | None:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return await s.get(Sandbox, sandbox_id)
 
     async def get_for_user(self, sandbox_id: str, user_id: str) -> Sandbox | None:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             row = await s.get(Sandbox, sandbox_id)
             return row if row is not None and row.user_id == user_id else None
 
@@ -77,7 +104,7 @@ class Repository:
             )
 
     async def get_idempotency(self, user_id: str, key: str) -> IdempotencyKey | None:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return await s.get(IdempotencyKey, (user_id, key))
 
     async def transition(
@@ -120,7 +147,7 @@ class Repository:
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def live_for_user(self, user_id: str) -> list[Sandbox]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             rows = await s.scalars(
                 select(Sandbox)
                 .where(Sandbox.user_id == user_id, Sandbox.status.in_(LIVE))
@@ -129,7 +156,7 @@ class Repository:
             return list(rows)
 
     async def live_same_source(self, user_id: str, project_id: str, digest: str) -> Sandbox | None:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return await s.scalar(
                 select(Sandbox)
                 .where(
@@ -154,23 +181,43 @@ class Repository:
     ) -> bool:
         """Record a heartbeat and charge `entries` ((user, project, day, seconds)) — only if the
         row's last charged time is still `expected_charged_until` (so a duplicate charges once)."""
-        async with self.sessions() as s, s.begin():
-            result = await s.execute(
-                update(Sandbox)
-                .where(
-                    Sandbox.id == sandbox_id,
-                    Sandbox.status == "running",
-                    Sandbox.charged_until == expected_charged_until
-                    if expected_charged_until is not None
-                    else Sandbox.charged_until.is_(None),
-                )
-                .values(
-                    charged_until=charged_until,
-                    last_heartbeat_at=now,
-                    visible=visible,
-                    updated_at=now,
-                )
+        row_update = (
+            update(Sandbox)
+            .where(
+                Sandbox.id == sandbox_id,
+                Sandbox.status == "running",
+                Sandbox.charged_until == expected_charged_until
+                if expected_charged_until is not None
+                else Sandbox.charged_until.is_(None),
             )
+            .values(
+                charged_until=charged_until, last_heartbeat_at=now, visible=visible, updated_at=now
+            )
+        )
+        entries = [e for e in entries if e[3] > 0]
+        async with self.reads() as s:
+            if entries and s.get_bind().dialect.name == "postgresql":
+                # The heartbeat's write in ONE statement (atomic on its own, no BEGIN/COMMIT round
+                # trips): the ledger rows are inserted only if the row's compare-and-set matched.
+                moved = row_update.returning(Sandbox.id).cte("moved")
+                charges = values(
+                    column("user_id", String), column("project_id", String),
+                    column("day", String), column("seconds", BigInteger), name="charges",
+                ).data(list(entries))  # fmt: skip
+                ins = postgresql.insert(UsageLedger).from_select(
+                    ["user_id", "project_id", "day", "seconds", "updated_at"],
+                    select(
+                        charges.c.user_id, charges.c.project_id, charges.c.day,
+                        charges.c.seconds, literal(now, UTCDateTime()),
+                    ).select_from(charges).where(exists(select(moved.c.id))),
+                )  # fmt: skip
+                upsert = ins.on_conflict_do_update(
+                    index_elements=["user_id", "day", "project_id"],
+                    set_={"seconds": UsageLedger.seconds + ins.excluded.seconds, "updated_at": now},
+                ).returning(UsageLedger.seconds)
+                return bool((await s.execute(upsert)).first())
+        async with self.sessions() as s, s.begin():
+            result = await s.execute(row_update)
             if not result.rowcount:  # type: ignore[attr-defined]
                 return False
             await self._add_usage(s, entries, now)
@@ -232,7 +279,7 @@ class Repository:
     # --- usage ----------------------------------------------------------------------------
 
     async def used_seconds(self, user_id: str, day: str) -> int:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             total = await s.scalar(
                 select(func.coalesce(func.sum(UsageLedger.seconds), 0)).where(
                     UsageLedger.user_id == user_id, UsageLedger.day == day
@@ -241,7 +288,7 @@ class Repository:
             return int(total or 0)
 
     async def usage_by_user_for_day(self, day: str) -> dict[str, int]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             rows = await s.execute(
                 select(UsageLedger.user_id, func.sum(UsageLedger.seconds))
                 .where(UsageLedger.day == day)
@@ -251,7 +298,7 @@ class Repository:
 
     async def usage_report(self, day_from: str, day_to: str, group_by: str) -> list[Any]:
         col = UsageLedger.user_id if group_by == "user" else UsageLedger.project_id
-        async with self.sessions() as s:
+        async with self.reads() as s:
             rows = await s.execute(
                 select(UsageLedger.day, col, func.sum(UsageLedger.seconds))
                 .where(UsageLedger.day >= day_from, UsageLedger.day <= day_to)
@@ -261,7 +308,7 @@ class Repository:
             return list(rows.all())
 
     async def sandbox_rows_between(self, start: datetime, end: datetime) -> list[Sandbox]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             rows = await s.scalars(
                 select(Sandbox).where(
                     or_(
@@ -275,7 +322,7 @@ class Repository:
     # --- reaper ---------------------------------------------------------------------------
 
     async def _rows(self, stmt: Select[Any]) -> list[Sandbox]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return list(await s.scalars(stmt))
 
     async def running_rows(self, limit: int = 500) -> list[Sandbox]:
@@ -310,7 +357,7 @@ class Repository:
         """Which of `ids` are rows that should still have a provider sandbox."""
         if not ids:
             return set()
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return set(
                 await s.scalars(
                     select(Sandbox.id).where(
@@ -340,7 +387,7 @@ class Repository:
             return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def status_counts(self) -> dict[str, int]:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             rows = await s.execute(
                 select(Sandbox.status, func.count())
                 .where(Sandbox.active.is_(True))
@@ -359,7 +406,7 @@ class Repository:
     # --- shared state ---------------------------------------------------------------------
 
     async def get_state(self, key: str) -> dict[str, Any] | None:
-        async with self.sessions() as s:
+        async with self.reads() as s:
             row = await s.get(ServiceState, key)
             return dict(row.value) if row is not None else None
 
