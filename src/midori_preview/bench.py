@@ -195,6 +195,10 @@ async def run(runs: int, requests: int, concurrency: int, env: dict[str, str]) -
             for label, body in (
                 ("static template (promptJson)", {"projectId": "b", "promptJson": EXAMPLE}),
                 (
+                    "vite template: npm ci + vite build (npm cache warm)",
+                    {"projectId": "b", "promptJson": EXAMPLE, "template": "vite"},
+                ),
+                (
                     "files + python http.server",
                     {"projectId": "b", "files": [{"path": "index.html", "content": "<h1>hi</h1>"}]},
                 ),
