@@ -159,6 +159,24 @@ async def test_memory_action_prunes_ephemeral_state_past_retention(
         assert await app.app.state.repo.get_idempotency("alice", "k1") is None
 
 
+async def test_every_pass_prunes_idempotency_keys_past_retention(
+    tmp_path: Path, pg_backend: Backend, clock: ManualClock
+) -> None:
+    settings = make_settings(tmp_path, pg_backend, state_retention_seconds=3600)
+    async with running_app(settings, clock=clock) as app:
+        res = await app.client.post(
+            "/api/preview/daytona",
+            json={"projectId": "site", "files": [{"path": "index.html", "content": "hi"}]},
+            headers={**user_headers("alice"), "Idempotency-Key": "k1"},
+        )
+        await app.wait_until(res.json()["sandboxId"], "running")
+        reaper = app.app.state.reaper
+        assert (await reaper.run_pass())["idempotencyKeysPruned"] == 0
+        clock.advance(3601)
+        assert (await reaper.run_pass())["idempotencyKeysPruned"] == 1
+        assert await app.app.state.repo.get_idempotency("alice", "k1") is None
+
+
 async def test_an_unknown_action_is_a_validation_error(
     tmp_path: Path, pg_backend: Backend, clock: ManualClock
 ) -> None:

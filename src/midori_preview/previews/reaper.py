@@ -161,6 +161,11 @@ class Reaper:
         counts["retired"] = await self.repo.retire_stopped(
             now - timedelta(seconds=s.stopped_retention_seconds)
         )
+        # Ephemeral state: idempotency keys here; event streams carry their own Redis TTL
+        # (STATE_RETENTION_SECONDS), and the `memory` action sweeps any left over.
+        counts["idempotencyKeysPruned"] = await self.repo.prune_idempotency(
+            now - timedelta(seconds=s.state_retention_seconds)
+        )
         return dict(counts)
 
     async def _keep_alive(self, row: Sandbox) -> bool:
