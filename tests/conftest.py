@@ -17,13 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 from sqlalchemy import text
 
 from midori_preview.app import create_app
 from midori_preview.clock import ManualClock
 from midori_preview.db.engine import make_engine, upgrade_head
 from midori_preview.settings import Settings
+from tests.support.servers import drop_redis_keys
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -142,12 +142,7 @@ async def running_app(settings: Settings, **kwargs: Any) -> AsyncIterator[Runnin
                 yield Running(app, client, settings)
             finally:
                 await app.state.previews.shutdown()
-    if settings.redis_url:
-        r = aioredis.Redis.from_url(settings.redis_url)
-        keys = [k async for k in r.scan_iter(match=f"mp:{settings.preview_deployment}:*")]
-        if keys:
-            await r.delete(*keys)
-        await r.aclose()
+    await drop_redis_keys(settings)
 
 
 @pytest.fixture

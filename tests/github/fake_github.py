@@ -12,7 +12,6 @@ import itertools
 import json
 import re
 import secrets
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +27,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.support.servers import free_port
 
 USER_LOGIN = "octo-bot"
 
@@ -235,12 +236,6 @@ class FakeGitHub:
             "default_branch": "main",
         }
         return JSONResponse(self.repos[full], 201)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager

@@ -19,12 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import redis.asyncio as aioredis
-import uvicorn
 
 from midori_preview.app import create_app
 from midori_preview.settings import Settings
 from tests.conftest import Running, user_headers
+from tests.support.servers import drop_redis_keys, free_port, uvicorn_serving
 
 API = "/api/preview/daytona"
 TOKEN_HEADER = "x-daytona-preview-token"
@@ -256,39 +255,19 @@ def statuses(events: list[SSE]) -> list[str]:
     return [e.data["status"] for e in events if e.event == "status"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @asynccontextmanager
 async def served_app(settings: Settings) -> AsyncIterator[Running]:
     """The app behind a real uvicorn server on a free port (streams are delivered as they are
     written, unlike over ASGITransport), with an httpx client pointed at it."""
     port = free_port()
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
     try:
-        async with asyncio.timeout(20):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn exited before it started")
-                await asyncio.sleep(0.02)
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=30
-        ) as client:
+        async with (
+            uvicorn_serving(app, port),
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=30
+            ) as client,
+        ):
             yield Running(app, client, settings)
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-        if settings.redis_url:
-            r = aioredis.Redis.from_url(settings.redis_url)
-            keys = [k async for k in r.scan_iter(match=f"mp:{settings.preview_deployment}:*")]
-            if keys:
-                await r.delete(*keys)
-            await r.aclose()
+        await drop_redis_keys(settings)

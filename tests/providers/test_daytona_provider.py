@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -58,6 +57,7 @@ from tests.support.daytona_emulator import (
     UPLOAD,
     DaytonaEmulator,
 )
+from tests.support.servers import free_port
 
 THAI = "บ้านกาแฟ Baan Kafae"
 DEPLOYMENT = "test-deployment"
@@ -110,12 +110,6 @@ def project_files() -> list[FileData]:
     files.append(FileData("index.html", page.encode()))
     files.append(FileData("assets/logo.bin", bytes(range(256)) * 8))
     return files
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def api_counts(emulator: DaytonaEmulator) -> Counter[str]:

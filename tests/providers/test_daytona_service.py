@@ -7,7 +7,6 @@ orphans."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,14 +19,9 @@ from midori_preview.providers.daytona import DaytonaProvider
 from tests.conftest import Backend, Running, make_settings, running_app, user_headers
 from tests.providers.test_daytona_provider import make_config
 from tests.support.daytona_emulator import CREATE, LAST_ACTIVITY, UPLOAD, DaytonaEmulator
+from tests.support.servers import free_port
 
 THAI = "บ้านกาแฟ Baan Kafae"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from midori_preview.clock import ManualClock
 from midori_preview.db.models import UsageLedger
 from midori_preview.settings import Settings
 from tests.conftest import Running, running_app, user_headers
+from tests.support.servers import free_port
 
 API = "/api/preview/daytona"
 
@@ -143,12 +144,6 @@ def events(
         for e in entries
         if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateRedis:

@@ -20,14 +20,12 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import redis.asyncio as aioredis
-import uvicorn
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from midori_preview.app import create_app
 from midori_preview.settings import Settings
 from tests.conftest import Backend, make_settings
-from tests.previews.helpers import free_port
+from tests.support.servers import drop_redis_keys, free_port, uvicorn_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "web"
@@ -106,30 +104,16 @@ async def live_server(tmp_path: Path, backend: Backend, **overrides: Any) -> Asy
         tmp_path, backend, host="127.0.0.1", port=port, preview_public_port=port, **overrides
     )
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
     try:
-        async with asyncio.timeout(20):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn exited before it started")
-                await asyncio.sleep(0.02)
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=30
-        ) as client:
+        async with (
+            uvicorn_serving(app, port),
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=30
+            ) as client,
+        ):
             yield Live(app, settings, port, client)
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-        if settings.redis_url:
-            r = aioredis.Redis.from_url(settings.redis_url)
-            keys = [k async for k in r.scan_iter(match=f"mp:{settings.preview_deployment}:*")]
-            if keys:
-                await r.delete(*keys)
-            await r.aclose()
+        await drop_redis_keys(settings)
 
 
 @pytest.fixture
