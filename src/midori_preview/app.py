@@ -23,7 +23,7 @@ from midori_preview.auth_nextauth import SessionCookieAuth
 from midori_preview.clock import Clock, SystemClock
 from midori_preview.db.engine import make_engine, session_factory, upgrade_head_async
 from midori_preview.db.repo import Repository
-from midori_preview.errors import PayloadTooLarge, PreviewError
+from midori_preview.errors import PayloadTooLarge, PreviewError, validation_error_body
 from midori_preview.events import EventBus
 from midori_preview.github.routes import router as github_router
 from midori_preview.github.service import GitHubService
@@ -151,9 +151,7 @@ def install_error_handlers(app: FastAPI) -> None:
             {"loc": [str(p) for p in e.get("loc", ())], "message": str(e.get("msg", ""))}
             for e in exc.errors()
         ]
-        first = details[0] if details else {"loc": [], "message": "invalid request"}
-        where = ".".join(first["loc"][1:]) if len(first["loc"]) > 1 else "request"
-        return _error("validation_error", f"{where}: {first['message']}", 422, details=details)
+        return JSONResponse(validation_error_body(details), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -205,6 +203,8 @@ def create_app(
             clock=clock,
             replica_id=replica,
         )
+        if provider is None and prov.name == "local":
+            await previews.close_leftovers()  # local sandboxes do not outlive their process
         app.state.settings = settings
         app.state.clock = clock
         app.state.engine = engine
@@ -289,12 +289,37 @@ def create_app(
     app.include_router(github_router)
     mount_web(app)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+    )
     async def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={
+            200: {
+                "description": "Ready.",
+                "content": {
+                    "application/json": {
+                        "example": {"status": "ok", "database": True, "redis": True}
+                    }
+                },
+            },
+            503: {
+                "description": "Not ready: which dependency is down.",
+                "content": {
+                    "application/json": {
+                        "example": {"status": "unavailable", "database": True, "redis": False}
+                    }
+                },
+            },
+        },
+    )
     async def readyz(request: Request) -> JSONResponse:
         """The database and Redis are reachable."""
         state = request.app.state

@@ -1,9 +1,15 @@
 """Domain errors: a stable machine `code`, an HTTP status and a human message; one handler renders
-them as `{"error": {"code", "message", ...}}`."""
+them as `{"error": {"code", "message", ...}}`. `error_response` documents such an answer in
+OpenAPI (schema + example) for a route's `responses=`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+Responses = dict[int | str, dict[str, Any]]
 
 
 class PreviewError(Exception):
@@ -95,3 +101,69 @@ class ProviderFailure(PreviewError):
         super().__init__(message)
         self.code = code
         self.status = status
+
+
+# --- OpenAPI ------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    """`code` is stable and meant for programs, `message` for people; some codes add fields
+    (`sandboxId`, `activeSandboxIds`, `reason`, `resetAt`, `retryAfterSeconds`, `details` …)."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def validation_error_body(details: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The 422 of a request FastAPI could not parse: the first problem in `message`, all of
+    them in `details` (each `{"loc": [...], "message": ...}`)."""
+    first = details[0] if details else {"loc": [], "message": "invalid request"}
+    where = ".".join(first["loc"][1:]) if len(first["loc"]) > 1 else "request"
+    return error_body("validation_error", f"{where}: {first['message']}", details=list(details))
+
+
+def error_choices(status: int, description: str, *bodies: dict[str, Any]) -> Responses:
+    """One documented error status, ready to merge into a route's `responses=`: the envelope's
+    schema and the example bodies (named by their codes when there are several)."""
+    media: dict[str, Any]
+    if len(bodies) == 1:
+        media = {"example": bodies[0]}
+    else:
+        named: dict[str, Any] = {}
+        for body in bodies:
+            code = body["error"]["code"]
+            name = code if code not in named else f"{code}_{len(named)}"
+            named[name] = {"summary": code, "value": body}
+        media = {"examples": named}
+    return {
+        status: {
+            "model": ErrorEnvelope,
+            "description": description,
+            "content": {"application/json": media},
+        }
+    }
+
+
+def error_response(
+    status: int, code: str, message: str, description: str, **extra: Any
+) -> Responses:
+    """`responses={**error_response(404, "sandbox_not_found", "No such sandbox.", "…")}`."""
+    return error_choices(status, description, error_body(code, message, **extra))
+
+
+def invalid_request(description: str, *details: tuple[Sequence[str], str]) -> Responses:
+    """A documented 422 `validation_error`; `details` as (loc, message), as FastAPI reports them,
+    e.g. (("query", "sandboxId"), "Field required")."""
+    body = validation_error_body([{"loc": list(loc), "message": msg} for loc, msg in details])
+    return error_choices(422, description, body)

@@ -308,3 +308,18 @@ async def test_idempotent_create_under_concurrent_retries(service_app: Running) 
     assert bobs.status_code == 202
     assert bobs.json()["sandboxId"] != sandbox_id
     await service_app.wait_until(bobs.json()["sandboxId"], "running", user="bob")
+
+
+async def test_local_sandboxes_of_an_earlier_process_are_closed_at_start(
+    tmp_path: Path, backend: Backend
+) -> None:
+    settings = make_settings(tmp_path, backend)
+    async with running_app(settings) as first:
+        status = await create_running(first, files_body("site", SITE))
+    # The process is gone (its sandboxes died with it); the next one starts on the same data.
+    async with running_app(settings) as second:
+        row = await second.wait_until(status["sandboxId"], "stopped")
+        assert row["reason"] == "lost"
+        again = await create(second, files_body("site", SITE))
+        assert again.status_code == 202, again.text  # the slot was freed
+        await second.wait_until(again.json()["sandboxId"], "running")

@@ -12,15 +12,43 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from midori_preview.auth import Principal, current_user
-from midori_preview.errors import PayloadTooLarge, Unauthorized
+from midori_preview.errors import (
+    PayloadTooLarge,
+    Unauthorized,
+    error_body,
+    error_choices,
+    error_response,
+    invalid_request,
+)
 from midori_preview.github.errors import WebhookRejected
 from midori_preview.github.schemas import RepoCreated, RepoCreateIn, WebhookReceipt
 from midori_preview.github.service import GitHubService
 from midori_preview.github.signature import signature_ok
+from midori_preview.previews.schemas import EXAMPLE_SANDBOX_ID
 
 router = APIRouter(tags=["github"])
 DELIVERY = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 EVENT = re.compile(r"^[a-z_]{1,64}$")
+UNAUTHORIZED = error_response(
+    401, "unauthorized", "Missing bearer token.", "Not authenticated (`unauthorized`)."
+)
+# A `pull_request` delivery, trimmed to the fields this service reads.
+WEBHOOK_EXAMPLE = {
+    "action": "opened",
+    "number": 7,
+    "pull_request": {
+        "number": 7,
+        "state": "open",
+        "updated_at": "2025-06-12T09:30:00Z",
+        "head": {
+            "ref": "update-hero",
+            "sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
+            "repo": {"full_name": "octo-org/site", "fork": False},
+        },
+    },
+    "repository": {"full_name": "octo-org/site"},
+    "installation": {"id": 41234567},
+}
 
 
 def service(request: Request) -> GitHubService:
@@ -49,9 +77,46 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     status_code=202,
     response_model=WebhookReceipt,
     responses={
-        401: {"description": "Missing or wrong `X-Hub-Signature-256` (`unauthorized`)."},
-        404: {"description": "The webhook is off (GITHUB_WEBHOOK_SECRET unset)."},
-        413: {"description": "Body over GITHUB_WEBHOOK_MAX_BYTES (`payload_too_large`)."},
+        **error_response(
+            400,
+            "invalid_webhook",
+            "Missing or invalid X-GitHub-Delivery.",
+            "Signed, but not a delivery we can read: headers or JSON (`invalid_webhook`).",
+        ),
+        **error_response(
+            401,
+            "unauthorized",
+            "Missing or invalid X-Hub-Signature-256.",
+            "Missing or wrong `X-Hub-Signature-256` (`unauthorized`).",
+        ),
+        **error_response(
+            404,
+            "not_found",
+            "Not Found",
+            "The webhook is off (GITHUB_WEBHOOK_SECRET unset).",
+        ),
+        **error_response(
+            413,
+            "payload_too_large",
+            "Webhook body is larger than 5242880 bytes.",
+            "Body over GITHUB_WEBHOOK_MAX_BYTES (`payload_too_large`).",
+        ),
+        **invalid_request(
+            "Invalid headers (`validation_error`).",
+            (("header", "x-github-event"), "Input should be a valid string"),
+        ),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "GitHub's JSON delivery, exactly as sent (its HMAC is checked).",
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "additionalProperties": True},
+                    "example": WEBHOOK_EXAMPLE,
+                }
+            },
+        }
     },
 )
 async def github_webhook(
@@ -87,12 +152,37 @@ async def github_webhook(
 @router.get(
     "/r/{link}",
     status_code=302,
+    response_class=RedirectResponse,
     responses={
         302: {"description": "To a fresh, short-lived preview URL."},
-        404: {"description": "Unknown link (`review_link_not_found`)."},
-        409: {"description": "The build failed (`preview_failed`)."},
-        410: {"description": "PR closed (`preview_closed`) or preview stopped."},
-        503: {"description": "Still building (`preview_building`); see Retry-After."},
+        **error_response(
+            404,
+            "review_link_not_found",
+            "No such preview link.",
+            "Unknown link (`review_link_not_found`).",
+        ),
+        **error_response(
+            409,
+            "preview_failed",
+            "The preview of 6dcb09b failed to build.",
+            "The build failed (`preview_failed`).",
+        ),
+        **error_choices(
+            410,
+            "PR closed (`preview_closed`) or preview stopped (`preview_stopped`).",
+            error_body("preview_closed", "The pull request was closed; this preview is gone."),
+            error_body("preview_stopped", "This preview was stopped; push a commit to rebuild it."),
+        ),
+        **invalid_request(
+            "A link too long to be ours (`validation_error`).",
+            (("path", "link"), "String should have at most 1024 characters"),
+        ),
+        **error_response(
+            503,
+            "preview_building",
+            "The preview is still being built; try again in a moment.",
+            "Still building (`preview_building`); see Retry-After.",
+        ),
     },
 )
 async def review_link(svc: Svc, link: Annotated[str, Path(max_length=1024)]) -> RedirectResponse:
@@ -111,11 +201,63 @@ async def review_link(svc: Svc, link: Annotated[str, Path(max_length=1024)]) -> 
     status_code=201,
     response_model=RepoCreated,
     responses={
-        401: {"description": "Not authenticated (`unauthorized`)."},
-        404: {"description": "Unknown sandbox/project, or organization (`github_not_found`)."},
-        409: {"description": "Sandbox not running, or the repository exists."},
-        502: {"description": "GitHub or git failed (`repo_push_failed`, `github_*`)."},
-        503: {"description": "GitHub is not configured (`github_not_configured`)."},
+        **UNAUTHORIZED,
+        **error_choices(
+            404,
+            "Unknown sandbox/project (`sandbox_not_found`), or organization (`github_not_found`).",
+            error_body("sandbox_not_found", "No such sandbox.", sandboxId=EXAMPLE_SANDBOX_ID),
+            error_body(
+                "github_not_found", "No such organization, or the service has no access to it."
+            ),
+        ),
+        **error_choices(
+            409,
+            "Sandbox not running (`sandbox_not_running`), or the repository exists "
+            "(`repo_create_rejected`).",
+            error_body("sandbox_not_running", "The preview must be running to copy its files."),
+            error_body(
+                "repo_create_rejected",
+                "GitHub refused to create the repository (does one with this name exist already?).",
+            ),
+        ),
+        **error_response(
+            413,
+            "payload_too_large",
+            "The preview's files are larger than MAX_REQUEST_BYTES.",
+            "The project's files are too large (`payload_too_large`).",
+        ),
+        **invalid_request(
+            "Invalid payload (`validation_error`).",
+            (("body",), "Value error, give exactly one of sandboxId or projectId"),
+        ),
+        **error_response(
+            429,
+            "rate_limited",
+            "Too many repositories created; try again in 42 s.",
+            "Too many repositories created (`rate_limited`); see Retry-After.",
+            retryAfterSeconds=42,
+        ),
+        **error_choices(
+            502,
+            "GitHub or git failed (`repo_push_failed`, `github_*`).",
+            error_body(
+                "repo_push_failed",
+                "The repository was created but the push failed (git push failed).",
+                repoUrl="https://github.com/octocat/cafe-site",
+            ),
+            error_body("github_auth_failed", "GitHub refused the service's credentials."),
+        ),
+        **error_choices(
+            503,
+            "GitHub is not configured (`github_not_configured`) or unavailable "
+            "(`github_unavailable`, `github_rate_limited`).",
+            error_body(
+                "github_not_configured",
+                "GitHub is not configured (GITHUB_TOKEN or a GitHub App).",
+            ),
+            error_body("github_unavailable", "GitHub is unavailable; retry later."),
+            error_body("github_rate_limited", "GitHub's rate limit is hit; retry later."),
+        ),
     },
 )
 async def create_preview_repo(body: RepoCreateIn, user: User, svc: Svc) -> RepoCreated:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from midori_preview.previews.schemas import Camel, FileIn
+from midori_preview.previews.schemas import EXAMPLE_SANDBOX_ID, Camel, FileIn
 
 
 class RepoCreateIn(Camel):
@@ -14,6 +14,26 @@ class RepoCreateIn(Camel):
     `sandboxId` (your running preview), `projectId` alone (your newest running preview of that
     project), or `projectId` with `promptJson` (+ `template`) or `files` (rendered exactly as a
     preview would be)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"sandboxId": EXAMPLE_SANDBOX_ID, "name": "cafe-site"},
+                {
+                    "projectId": "demo-cafe",
+                    "name": "baan-kafae",
+                    "org": "octo-org",
+                    "private": False,
+                    "description": "The Baan Kafae site, built with Midori",
+                },
+                {
+                    "projectId": "hello",
+                    "files": [{"path": "index.html", "content": "<h1>Hello</h1>"}],
+                    "name": "hello-site",
+                },
+            ]
+        }
+    )
 
     sandbox_id: str | None = Field(None, min_length=1, max_length=64)
     project_id: str | None = Field(
@@ -48,6 +68,21 @@ class RepoCreateIn(Camel):
 
 
 class RepoCreated(Camel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "repoUrl": "https://github.com/octocat/cafe-site",
+                    "fullName": "octocat/cafe-site",
+                    "branch": "preview",
+                    "private": True,
+                    "commitSha": "3f786850e387550fdab836ed7e6dc881de23001b",
+                    "files": 4,
+                }
+            ]
+        }
+    )
+
     repo_url: str
     full_name: str
     branch: str
@@ -57,5 +92,18 @@ class RepoCreated(Camel):
 
 
 class WebhookReceipt(Camel):
+    """`accepted`: the work runs in the background; `duplicate`: this delivery id was seen
+    before; `ignored`: nothing to do, `reason` says why (`action`, `fork`, `not_allowlisted` …)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"outcome": "accepted", "reason": None},
+                {"outcome": "duplicate", "reason": None},
+                {"outcome": "ignored", "reason": "fork"},
+            ]
+        }
+    )
+
     outcome: Literal["accepted", "duplicate", "ignored"]
     reason: str | None = None

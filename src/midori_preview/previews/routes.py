@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
 from midori_preview.auth import Principal, current_user
+from midori_preview.errors import (
+    Responses,
+    error_body,
+    error_choices,
+    error_response,
+    invalid_request,
+    validation_error_body,
+)
 from midori_preview.events import BLOCK_MS, TERMINAL_STATUSES
 from midori_preview.previews.schemas import (
+    EXAMPLE_SANDBOX_ID,
     Created,
     CreatePreview,
     HeartbeatIn,
@@ -26,11 +35,44 @@ router = APIRouter(prefix="/api/preview", tags=["previews"])
 User = Annotated[Principal, Depends(current_user)]
 SandboxIdQ = Annotated[str, Query(alias="sandboxId", min_length=1, max_length=64)]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Not authenticated (`unauthorized`)."},
-    404: {"description": "Unknown sandbox, or someone else's (`sandbox_not_found`)."},
-    422: {"description": "Invalid payload (`validation_error`)."},
-}
+UNAUTHORIZED = error_response(
+    401, "unauthorized", "Missing bearer token.", "Not authenticated (`unauthorized`)."
+)
+NOT_FOUND = error_response(
+    404,
+    "sandbox_not_found",
+    "No such sandbox.",
+    "Unknown sandbox, or someone else's (`sandbox_not_found`).",
+    sandboxId=EXAMPLE_SANDBOX_ID,
+)
+INVALID_QUERY = invalid_request(
+    "Invalid request (`validation_error`).", (("query", "sandboxId"), "Field required")
+)
+INVALID_BODY = invalid_request(
+    "Invalid payload (`validation_error`).", (("body", "sandboxId"), "Field required")
+)
+BY_ID: Responses = {**UNAUTHORIZED, **NOT_FOUND, **INVALID_QUERY}
+SSE_EXAMPLE = "".join(
+    f"id: {id_}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+    for id_, kind, data in (
+        ("1749720600351-0", "status", {"status": "requested"}),
+        ("1749720600357-0", "status", {"status": "creating"}),
+        ("1749720600362-0", "status", {"status": "uploading"}),
+        ("1749720600366-0", "status", {"status": "starting"}),
+        (
+            "1749720604439-0",
+            "log",
+            {
+                "step": "start",
+                "stream": "stderr",
+                "line": '127.0.0.1 - - [12/Jun/2025 09:30:04] "GET / HTTP/1.1" 200 -',
+            },
+        ),
+        ("1749720604446-0", "status", {"status": "running"}),
+        ("1749721500462-0", "status", {"status": "stopping", "reason": "user"}),
+        ("1749721500472-0", "status", {"status": "stopped", "reason": "user"}),
+    )
+)
 
 
 def service(request: Request) -> PreviewService:
@@ -46,11 +88,63 @@ Svc = Annotated[PreviewService, Depends(service)]
     status_code=202,
     response_model=Created,
     responses={
-        **ERRORS,
-        200: {"description": "A live preview of the same project and source already exists."},
-        409: {"description": "`concurrency_limit`: another preview is running."},
-        429: {"description": "`rate_limited` or `daily_quota_exhausted`."},
-        503: {"description": "`quota_unavailable`: the quota store is unreachable."},
+        200: {
+            "model": Created,
+            "description": "A live preview of the same project and source already exists.",
+        },
+        **UNAUTHORIZED,
+        **error_response(
+            409,
+            "concurrency_limit",
+            "You already have 1 preview(s) running (limit 1). Stop one, or send "
+            '"replace": true to stop the oldest and start this one.',
+            "`concurrency_limit`: another preview is running.",
+            activeSandboxIds=[EXAMPLE_SANDBOX_ID],
+            limit=1,
+        ),
+        **error_response(
+            413,
+            "payload_too_large",
+            "at most 200 files per preview",
+            "Too many files, or too many bytes (`payload_too_large`).",
+        ),
+        **error_choices(
+            422,
+            "Invalid payload (`validation_error`), or `Idempotency-Key` reused with another "
+            "body (`idempotency_key_reused`).",
+            validation_error_body(
+                [
+                    {
+                        "loc": ["body"],
+                        "message": "Value error, give exactly one source: promptJson, files or git",
+                    }
+                ]
+            ),
+            error_body(
+                "idempotency_key_reused",
+                "Idempotency-Key was already used with a different body.",
+            ),
+        ),
+        **error_choices(
+            429,
+            "`rate_limited` (see `Retry-After`) or `daily_quota_exhausted`.",
+            error_body(
+                "rate_limited",
+                "Too many previews started; try again in 42 s.",
+                retryAfterSeconds=42,
+            ),
+            error_body(
+                "daily_quota_exhausted",
+                "Today's preview time is used up; it resets at midnight.",
+                resetAt="2025-06-13T00:00:00+00:00",
+            ),
+        ),
+        **error_response(
+            503,
+            "quota_unavailable",
+            "Quota store unreachable; previews cannot start now.",
+            "`quota_unavailable`: the quota store is unreachable.",
+        ),
     },
 )
 async def create_preview(
@@ -68,13 +162,25 @@ async def create_preview(
     return created
 
 
-@router.get("/daytona/status", response_model=PreviewStatus, responses=ERRORS)
+@router.get("/daytona/status", response_model=PreviewStatus, responses=BY_ID)
 async def preview_status(sandbox_id: SandboxIdQ, user: User, svc: Svc) -> PreviewStatus:
     """The sandbox's state, preview URL and token (when running), error and log tail."""
     return await svc.status(sandbox_id, user.user_id)
 
 
-@router.get("/daytona/events", responses=ERRORS)
+@router.get(
+    "/daytona/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "`text/event-stream`: `status` and `log` events, each with an `id`.",
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}, "example": SSE_EXAMPLE}
+            },
+        },
+        **BY_ID,
+    },
+)
 async def preview_events(
     sandbox_id: SandboxIdQ,
     user: User,
@@ -107,7 +213,11 @@ async def preview_events(
     return EventSourceResponse(stream(), ping=15)
 
 
-@router.post("/daytona/stop", response_model=PreviewStatus, responses=ERRORS)
+@router.post(
+    "/daytona/stop",
+    response_model=PreviewStatus,
+    responses={**UNAUTHORIZED, **NOT_FOUND, **INVALID_BODY},
+)
 async def stop_preview(body: StopIn, user: User, svc: Svc) -> PreviewStatus:
     """Stop a preview (idempotent). Its processes and files are gone when this answers."""
     return await svc.stop(body.sandbox_id, reason="user", user_id=user.user_id)
@@ -117,8 +227,26 @@ async def stop_preview(body: StopIn, user: User, svc: Svc) -> PreviewStatus:
     "/daytona/heartbeat",
     response_model=HeartbeatOut,
     responses={
-        **ERRORS,
-        410: {"description": "`sandbox_stopped` (with `reason`) or `daily_quota_exhausted`."},
+        **UNAUTHORIZED,
+        **NOT_FOUND,
+        **error_choices(
+            410,
+            "`sandbox_stopped` (with `reason`) or `daily_quota_exhausted`.",
+            error_body(
+                "sandbox_stopped",
+                "This preview is no longer running.",
+                sandboxId=EXAMPLE_SANDBOX_ID,
+                reason="idle",
+            ),
+            error_body(
+                "daily_quota_exhausted",
+                "Today's preview time is used up; the preview was stopped.",
+                sandboxId=EXAMPLE_SANDBOX_ID,
+                reason="quota",
+                resetAt="2025-06-13T00:00:00+00:00",
+            ),
+        ),
+        **INVALID_BODY,
     },
 )
 async def heartbeat(body: HeartbeatIn, user: User, svc: Svc) -> HeartbeatOut:
@@ -126,13 +254,23 @@ async def heartbeat(body: HeartbeatIn, user: User, svc: Svc) -> HeartbeatOut:
     return await svc.heartbeat(body.sandbox_id, user.user_id, body.visible)
 
 
-@router.get("/usage", response_model=Usage)
+@router.get("/usage", response_model=Usage, responses=UNAUTHORIZED)
 async def my_usage(user: User, svc: Svc) -> Usage:
     """The caller's preview time today."""
     return await svc.usage(user.user_id)
 
 
-@router.get("/daytona/{sandbox_id}", response_model=PreviewStatus, responses=ERRORS)
+@router.get(
+    "/daytona/{sandbox_id}",
+    response_model=PreviewStatus,
+    responses={
+        **UNAUTHORIZED,
+        **NOT_FOUND,
+        **invalid_request(
+            "Invalid request (`validation_error`).", (("path", "sandbox_id"), "Field required")
+        ),
+    },
+)
 async def preview_by_id(sandbox_id: str, user: User, svc: Svc) -> PreviewStatus:
     """Same as `GET /daytona/status?sandboxId=`."""
     return await svc.status(sandbox_id, user.user_id)

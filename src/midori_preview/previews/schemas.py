@@ -13,6 +13,19 @@ Status = Literal[
     "stopping", "stopped", "error",
 ]  # fmt: skip
 
+# Example values shown in the OpenAPI document (/docs).
+EXAMPLE_SANDBOX_ID = "k3xq7mzp2ab4cdef"
+EXAMPLE_PREVIEW_URL = f"http://3000-{EXAMPLE_SANDBOX_ID}.preview.localhost:8000/"
+EXAMPLE_STATUS_URL = f"/api/preview/daytona/status?sandboxId={EXAMPLE_SANDBOX_ID}"
+EXAMPLE_EVENTS_URL = f"/api/preview/daytona/events?sandboxId={EXAMPLE_SANDBOX_ID}"
+EXAMPLE_USAGE: dict[str, Any] = {
+    "usedSecondsToday": 754,
+    "remainingSecondsToday": 2846,
+    "warning": None,
+    "day": "2025-06-12",
+    "resetAt": "2025-06-13T00:00:00Z",
+}
+
 
 class Camel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
@@ -84,6 +97,21 @@ class CreatePreview(Camel):
 
 
 class Created(Camel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sandboxId": EXAMPLE_SANDBOX_ID,
+                    "projectId": "demo-cafe",
+                    "status": "requested",
+                    "statusUrl": EXAMPLE_STATUS_URL,
+                    "eventsUrl": EXAMPLE_EVENTS_URL,
+                    "heartbeatIntervalSeconds": 120,
+                }
+            ]
+        }
+    )
+
     sandbox_id: str
     project_id: str
     status: Status
@@ -93,15 +121,40 @@ class Created(Camel):
 
 
 class StopIn(Camel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"sandboxId": EXAMPLE_SANDBOX_ID}]})
+
     sandbox_id: str = Field(min_length=1, max_length=64)
 
 
 class HeartbeatIn(Camel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"sandboxId": EXAMPLE_SANDBOX_ID, "visible": True},
+                {"sandboxId": EXAMPLE_SANDBOX_ID, "visible": False},
+            ]
+        }
+    )
+
     sandbox_id: str = Field(min_length=1, max_length=64)
     visible: bool = True
 
 
 class Usage(Camel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                EXAMPLE_USAGE,
+                {
+                    **EXAMPLE_USAGE,
+                    "usedSecondsToday": 3420,
+                    "remainingSecondsToday": 180,
+                    "warning": "quota_low",
+                },
+            ]
+        }
+    )
+
     used_seconds_today: int
     remaining_seconds_today: int
     warning: Literal["quota_low"] | None = None
@@ -110,6 +163,14 @@ class Usage(Camel):
 
 
 class StepError(Camel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"step": "build", "code": "step_failed", "message": "build failed", "exitCode": 1}
+            ]
+        }
+    )
+
     step: str
     code: str  # step_failed | step_timeout | provider_unavailable | provider_rejected | …
     message: str
@@ -117,6 +178,55 @@ class StepError(Camel):
 
 
 class PreviewStatus(Camel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sandboxId": EXAMPLE_SANDBOX_ID,
+                    "projectId": "demo-cafe",
+                    "status": "running",
+                    "reason": None,
+                    "previewUrl": EXAMPLE_PREVIEW_URL,
+                    "previewToken": "Ovk7CcrFmu8GrgJv9edRESbrONH-tfwi",
+                    "openUrl": f"http://3000-{EXAMPLE_SANDBOX_ID}-toy9wq-"
+                    "57maetm7f7747hikiqamqpdb.preview.localhost:8000/",
+                    "createdAt": "2025-06-12T09:30:00Z",
+                    "readyAt": "2025-06-12T09:30:04Z",
+                    "lastHeartbeatAt": "2025-06-12T09:42:04Z",
+                    "expiresAt": "2025-06-12T11:30:00Z",
+                    "error": None,
+                    "logsTail": ['127.0.0.1 - - [12/Jun/2025 09:30:04] "GET / HTTP/1.1" 200 -'],
+                    "usage": EXAMPLE_USAGE,
+                },
+                {
+                    "sandboxId": EXAMPLE_SANDBOX_ID,
+                    "projectId": "repo",
+                    "status": "error",
+                    "reason": "error:build",
+                    "previewUrl": None,
+                    "previewToken": None,
+                    "openUrl": None,
+                    "createdAt": "2025-06-12T09:30:00Z",
+                    "readyAt": None,
+                    "lastHeartbeatAt": None,
+                    "expiresAt": "2025-06-12T11:30:00Z",
+                    "error": {
+                        "step": "build",
+                        "code": "step_failed",
+                        "message": "build failed",
+                        "exitCode": 1,
+                    },
+                    "logsTail": [
+                        "> site@1.0.0 build",
+                        "> vite build",
+                        'error during build: Could not resolve "./App" from "src/main.tsx"',
+                    ],
+                    "usage": EXAMPLE_USAGE,
+                },
+            ]
+        }
+    )
+
     sandbox_id: str
     project_id: str
     status: Status
@@ -134,6 +244,19 @@ class PreviewStatus(Camel):
 
 
 class HeartbeatOut(Camel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sandboxId": EXAMPLE_SANDBOX_ID,
+                    "status": "running",
+                    "nextHeartbeatSeconds": 120,
+                    "usage": EXAMPLE_USAGE,
+                }
+            ]
+        }
+    )
+
     sandbox_id: str
     status: Status
     next_heartbeat_seconds: int

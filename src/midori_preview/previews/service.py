@@ -532,6 +532,18 @@ class PreviewService:
             await self.events.publish(row.id, "status", {"status": status, "reason": reason})
         return moved
 
+    async def close_leftovers(self) -> int:
+        """At start with a process-bound provider (local): sandboxes of an earlier process died
+        with it, so their rows are closed now — not left `running` (and billed) until a sync."""
+        closed = 0
+        for row in await self.repo.live_rows():
+            if row.provider == self.provider.name and await self.close_row(
+                row, status="stopped", reason="lost"
+            ):
+                closed += 1
+                log.warning("sandbox.lost_on_restart", sandbox_id=row.id, status=row.status)
+        return closed
+
     async def shutdown(self) -> None:
         """Cancel builds in flight (each cleans up after itself)."""
         tasks = list(self._tasks.values())
