@@ -334,14 +334,18 @@ async def test_pr_previews_are_not_idle_reaped_but_expire(
         assert gone.status_code == 410 and gone.json()["error"]["code"] == "preview_stopped"
         # The reconciler tells GitHub: comment "stopped", deployment inactive.
         running.app.state.github.start_reconciler(0.05)
-        for _ in range(200):
-            body = fake_github.comments_on(REPO, 7)[0]["body"]
-            if state_of(body) == "stopped":
-                break
-            await asyncio.sleep(0.02)
-        assert state_of(body) == "stopped" and "expired" in body
         [dep] = fake_github.deployments.values()
-        assert [s["state"] for s in fake_github.statuses[dep["id"]]][-1] == "inactive"
+
+        def told() -> bool:  # the comment first, then the deployment: wait for both
+            body = fake_github.comments_on(REPO, 7)[0]["body"]
+            states = [s["state"] for s in fake_github.statuses[dep["id"]]]
+            return state_of(body) == "stopped" and states[-1] == "inactive"
+
+        async with asyncio.timeout(20):
+            while not told():
+                await asyncio.sleep(0.02)
+        assert "expired" in fake_github.comments_on(REPO, 7)[0]["body"]
+        await running.app.state.github.stop_reconciler()
         assert await running.app.state.github.reconcile() == 0  # nothing left to tell
 
 

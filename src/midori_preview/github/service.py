@@ -158,6 +158,13 @@ class GitHubService:
         """Run `reconcile()` every `every` seconds until `aclose()`."""
         self._spawn(self._reconcile_forever(every), name="github:reconcile", background=True)
 
+    async def stop_reconciler(self) -> None:
+        """Stop the background reconciler (work already admitted goes on)."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     @property
     def webhook_secret(self) -> bytes | None:
         secret = self.settings.github_webhook_secret
