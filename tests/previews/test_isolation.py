@@ -151,3 +151,55 @@ async def test_unknown_preview_hosts_are_404(service_app: Running) -> None:
             service_app, f"http://{label}.preview.localhost/", headers={TOKEN_HEADER: "x"}
         )
         assert res.status_code == 404, label
+
+
+ECHO_SERVER = """
+import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Echo(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Set-Cookie", "planted=1; Domain=.preview.localhost; Path=/")
+        self.send_header("Set-Cookie", "own=2; Path=/")
+        self.end_headers()
+        self.wfile.write(body)
+
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever()
+"""
+
+
+async def test_the_sandbox_never_sees_the_users_credentials_nor_sets_parent_cookies(
+    service_app: Running,
+) -> None:
+    """A session cookie scoped to a parent domain reaches preview hosts too: the proxy must not
+    hand it (or an Authorization header) to code from the project, and the project must not set
+    cookies beyond its own host."""
+    status = await create_running(
+        service_app, files_body("echo", {"echo.py": ECHO_SERVER}, start="python3 echo.py")
+    )
+    res = await fetch_preview(service_app, status)
+    assert res.status_code == 200
+    seen = res.json()
+    cookie_header = (
+        "next-auth.session-token=SECRET1; theme=dark; __Secure-authjs.session-token.0=SECRET2; "
+        "__Host-csrf=SECRET3; authjs.csrf-token=SECRET4"
+    )
+    res = await get_preview(
+        service_app,
+        status["previewUrl"],
+        "/",
+        {
+            TOKEN_HEADER: status["previewToken"],
+            "Cookie": cookie_header,
+            "Authorization": "Bearer SECRET5",
+        },
+    )
+    seen = res.json()
+    assert "SECRET" not in str(seen), seen
+    assert seen.get("cookie") == "theme=dark"
+    assert "authorization" not in seen and TOKEN_HEADER not in seen
+    set_cookies = res.headers.get_list("set-cookie")
+    assert set_cookies == ["own=2; Path=/"], set_cookies

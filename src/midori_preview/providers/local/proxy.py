@@ -5,6 +5,7 @@ requests that carry the sandbox's credential (token header, or a signed host lab
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -20,6 +21,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 TOKEN_HEADER = b"x-daytona-preview-token"
+MAX_BODY = 10 * 1024 * 1024
+SESSION_COOKIE = re.compile(r"^(__Secure-|__Host-)?(next-auth\.|authjs\.)|^__Host-", re.I)
+DOMAIN_ATTR = re.compile(r";\s*domain\s*=", re.I)
 HOP_BY_HOP = {
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
     b"trailers", b"transfer-encoding", b"upgrade", b"host", TOKEN_HEADER,
@@ -81,11 +85,10 @@ class PreviewProxy:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in scope["headers"]
-            if k not in HOP_BY_HOP
-        ]
+            if len(body) > MAX_BODY:
+                await _plain(send, 413, b"Request body too large")
+                return
+        headers = _forwarded_headers(scope["headers"])
         path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"")
         url = f"http://127.0.0.1:{host_port}{path.decode('latin-1')}"
@@ -102,7 +105,10 @@ class PreviewProxy:
                 (k.encode("latin-1"), v.encode("latin-1"))
                 for k, v in upstream.headers.multi_items()
                 if k.encode("latin-1").lower() not in HOP_BY_HOP
-                and k.lower() not in ("content-length", "content-encoding")
+                and k.lower() not in ("content-length", "content-encoding", "cache-control")
+                # a sandbox may set cookies for its own host only, never for a parent domain
+                # (where it could plant or overwrite the user's session on the real app)
+                and not (k.lower() == "set-cookie" and DOMAIN_ATTR.search(v))
             ]
             out_headers.append((b"cache-control", b"private, no-store"))
             await send(
@@ -120,6 +126,26 @@ class PreviewProxy:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _forwarded_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Request headers for the sandbox's server: no hop-by-hop headers, no preview token, no
+    Authorization, and no session cookies of the Midori app (a cookie scoped to a parent domain
+    reaches preview hosts too; the sandbox runs code we do not trust)."""
+    out: list[tuple[str, str]] = []
+    for k, v in raw:
+        if k in HOP_BY_HOP or k == b"authorization":
+            continue
+        value = v.decode("latin-1")
+        if k == b"cookie":
+            kept = [
+                c for c in value.split(";") if c.strip() and not SESSION_COOKIE.match(c.strip())
+            ]
+            if not kept:
+                continue
+            value = ";".join(kept).strip()
+        out.append((k.decode("latin-1"), value))
+    return out
 
 
 async def _plain(send: Send, status: int, text: bytes) -> None:
