@@ -92,6 +92,7 @@ def build_provider(settings: Settings) -> SandboxProvider:
                 memory_mb=settings.local_sandbox_memory_mb,
                 max_processes=settings.local_sandbox_max_processes,
                 max_file_mb=settings.local_sandbox_max_file_mb,
+                tmp_mb=settings.local_sandbox_tmp_mb,
             ),
             base_domain=settings.preview_base_domain,
             public_port=settings.effective_preview_port,

@@ -138,6 +138,7 @@ class Settings(BaseSettings):
     local_sandbox_memory_mb: int = Field(2048, description="Data-segment limit per sandbox (MB).")
     local_sandbox_max_processes: int = Field(256, description="Process limit per sandbox.")
     local_sandbox_max_file_mb: int = Field(512, description="Largest file a sandbox may write.")
+    local_sandbox_tmp_mb: int = Field(512, description="Size of a sandbox's /tmp (in memory), MB.")
     local_npm_cache: bool = Field(
         True, description="Share one npm download cache between local sandboxes."
     )

@@ -24,6 +24,7 @@ class Limits:
     memory_mb: int
     max_processes: int
     max_file_mb: int
+    tmp_mb: int = 512
 
 
 def bwrap_path() -> str | None:
@@ -76,10 +77,14 @@ class Runner:
                 args += ["--symlink", os.readlink(path), str(path)]
             elif path.exists():
                 args += ["--ro-bind", str(path), str(path)]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/var/tmp"]
-        args += ["--dir", "/tmp/home", "--bind", str(workspace), WORKSPACE]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        if self.limits.tmp_mb > 0:  # /tmp is memory: bounded, or a sandbox could fill the RAM
+            args += ["--size", str(self.limits.tmp_mb * 1024 * 1024)]
+        args += ["--tmpfs", "/tmp", "--dir", "/tmp/home", "--symlink", "/tmp", "/var/tmp"]
+        args += ["--bind", str(workspace), WORKSPACE]
         if self.npm_cache is not None:
             args += ["--bind", str(self.npm_cache), NPM_CACHE]
+        args += ["--remount-ro", "/"]  # the sandbox's own root: nothing writable but the above
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         # No --new-session: the sandbox keeps the process group its launcher got (killpg reaches
         # every process); stdin is /dev/null and there is no controlling tty to abuse.
