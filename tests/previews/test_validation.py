@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from tests.conftest import Running
+from tests.conftest import Running, user_headers
 from tests.previews.helpers import create, files_body
 
 BAD_PATHS = [
@@ -157,3 +157,14 @@ async def test_git_file_url_cannot_climb_out_of_its_prefix(
 ) -> None:
     for url in (f"file://{tmp_path}/../../etc/x", f"file://{tmp_path}/%2e%2e/%2e%2e/etc/x"):
         validation_error(await create(service_app, _git(url)))
+
+
+async def test_a_prompt_json_that_json_cannot_carry_is_a_422(service_app: Running) -> None:
+    for raw in (b'{"a": NaN}', b'{"a": Infinity}', b'{"a": {"b": [1e999]}}'):
+        res = await service_app.client.post(
+            "/api/preview/daytona",
+            content=b'{"projectId": "p", "promptJson": ' + raw + b"}",
+            headers={**user_headers(), "content-type": "application/json"},
+        )
+        assert "promptJson" in validation_error(res), res.text
+    await assert_nothing_admitted(service_app)

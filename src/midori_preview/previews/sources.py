@@ -105,7 +105,10 @@ def plan_for(
     digest = digest_of(source)
     if body.prompt_json is not None:
         name = body.template or "static"
-        built = render_template(name, body.prompt_json)
+        try:
+            built = render_template(name, body.prompt_json)
+        except ValueError as exc:  # e.g. NaN / Infinity, which JSON cannot carry
+            raise ValidationFailed(f"promptJson: {exc}", field="promptJson") from None
         return BuildPlan(
             source_kind="prompt",
             files=[FileData(f.path, f.content) for f in built.files],
