@@ -31,6 +31,7 @@ from midori_preview.kv import make_redis
 from midori_preview.logging import configure_logging, get_logger
 from midori_preview.previews.admin import AdminService
 from midori_preview.previews.admin_routes import router as admin_router
+from midori_preview.previews.build_cache import BuildCache
 from midori_preview.previews.reaper import Reaper
 from midori_preview.previews.routes import router as previews_router
 from midori_preview.previews.service import PreviewService
@@ -203,6 +204,9 @@ def create_app(
             provider=prov,
             clock=clock,
             replica_id=replica,
+            build_cache=BuildCache(settings.data_dir.resolve() / "cache" / "builds")
+            if settings.template_build_cache
+            else None,
         )
         if provider is None and prov.name == "local":
             await previews.close_leftovers()  # local sandboxes do not outlive their process

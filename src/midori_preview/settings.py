@@ -106,6 +106,10 @@ class Settings(BaseSettings):
         default_factory=lambda: ["https://github.com/"],
         description="Comma-separated URL prefixes git sources may clone from.",
     )
+    template_build_cache: bool = Field(
+        True,
+        description="Reuse a template's build per template version (vite: no npm per preview).",
+    )
     git_clone_timeout_seconds: int = Field(120, description="Timeout of a git clone.")
 
     # --- preview serving ---------------------------------------------------------------------

@@ -271,3 +271,18 @@ async def served_app(settings: Settings) -> AsyncIterator[Running]:
             yield Running(app, client, settings)
     finally:
         await drop_redis_keys(settings)
+
+
+async def read_events(running: Running, sandbox_id: str, **headers: str) -> list[SSE]:
+    async with (
+        asyncio.timeout(20),
+        running.client.stream(
+            "GET",
+            f"{API}/events",
+            params={"sandboxId": sandbox_id},
+            headers={**user_headers(), **headers},
+        ) as res,
+    ):
+        assert res.status_code == 200
+        assert res.headers["content-type"].startswith("text/event-stream")
+        return [e async for e in read_sse(res.aiter_lines())]

@@ -19,6 +19,7 @@ from tests.previews.helpers import (
     files_body,
     git,
     make_png,
+    read_events,
     stop,
 )
 
@@ -98,6 +99,22 @@ async def test_vite_template_builds_with_npm_and_serves_the_site(tmp_path: Path)
         assert data.status_code == 200
         assert CAFE_NAME.encode("utf-8") in data.content
         assert data.json()["name"] == CAFE_NAME
+        await stop(app, status["sandboxId"])
+
+        # The build does not depend on the promptJson: the next vite preview reuses it (no npm),
+        # with its own prompt.json on top; the first one's data is not in the cache.
+        cached = list((settings.data_dir / "cache" / "builds").glob("vite-*.tar.gz"))
+        assert len(cached) == 1
+        other = {**cafe_prompt(), "name": "ร้านที่สอง Second shop"}
+        res = await create(app, {"projectId": "second", "promptJson": other, "template": "vite"})
+        second = await app.wait_until(res.json()["sandboxId"], "running")
+        assert (await fetch_preview(app, second)).text == page.text  # the same built index
+        assert (await fetch_preview(app, second, "/prompt.json")).json()["name"] == other["name"]
+        assert (await fetch_preview(app, second, bundle.group(1))).content == js.content
+        await stop(app, second["sandboxId"])  # the event stream ends with the sandbox
+        steps = [e.data["status"] for e in await read_events(app, second["sandboxId"])
+                 if e.event == "status"]  # fmt: skip
+        assert "installing" not in steps and "building" not in steps, steps
 
 
 async def test_files_with_build_and_custom_start_command(service_app: Running) -> None:

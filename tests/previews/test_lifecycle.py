@@ -24,6 +24,7 @@ from tests.previews.helpers import (
     pids_with_cwd_inode,
     pids_with_marker,
     port_answers,
+    read_events,
     read_sse,
     served_app,
     settles,
@@ -173,21 +174,6 @@ async def test_heartbeat_running_then_stopped(service_app: Running) -> None:
 
 
 # --- events -----------------------------------------------------------------------------------
-
-
-async def read_events(running: Running, sandbox_id: str, **headers: str) -> list[SSE]:
-    async with (
-        asyncio.timeout(20),
-        running.client.stream(
-            "GET",
-            f"{API}/events",
-            params={"sandboxId": sandbox_id},
-            headers={**user_headers(), **headers},
-        ) as res,
-    ):
-        assert res.status_code == 200
-        assert res.headers["content-type"].startswith("text/event-stream")
-        return [e async for e in read_sse(res.aiter_lines())]
 
 
 async def test_events_replay_whole_story_and_end_after_stop(service_app: Running) -> None:

@@ -8,7 +8,10 @@ provider sandbox is deleted."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import shlex
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,15 +23,18 @@ from midori_preview.db.repo import Repository
 from midori_preview.errors import ValidationFailed
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
+from midori_preview.previews.build_cache import BuildCache
 from midori_preview.previews.sources import DETECT, BuildPlan, detected_commands
 from midori_preview.providers.base import (
     CommandTimeout,
+    FileData,
     ProviderError,
     ProviderSandbox,
     SandboxProvider,
     SandboxSpec,
     ServerExited,
 )
+from midori_preview.templates import PROMPT_FILE
 
 log = get_logger(__name__)
 
@@ -72,6 +78,7 @@ class Pipeline:
     def __init__(
         self,
         *,
+        cache: BuildCache | None = None,
         provider: SandboxProvider,
         repo: Repository,
         events: EventBus,
@@ -80,6 +87,7 @@ class Pipeline:
         replica_id: str,
         on_finished: Callable[[str, str, str | None], Awaitable[None]],
     ) -> None:
+        self.cache = cache
         self.provider = provider
         self.repo = repo
         self.events = events
@@ -149,6 +157,7 @@ class Pipeline:
             step = "upload"
             await advance("uploading", provider_id=handle.provider_id)
             install, build, start, port = plan.install, plan.build, plan.start, plan.port
+            cached = self.cache.get(plan.cache_key) if self.cache and plan.cache_key else None
             if plan.git is not None:
                 clone = getattr(self.provider, "clone", None)
                 if clone is None:
@@ -161,8 +170,14 @@ class Pipeline:
                     install, build = install or d_install, build or d_build
                     port = d_port or port
             else:
+                files = plan.files
+                if cached is not None:  # built before: its output + this request's data
+                    files = [FileData(f"{plan.output_dir}/{f.path}", f.content) for f in cached]
+                    files += plan.overlay
+                    install = build = None
+                    await output("upload")(f"reusing the build of {plan.cache_key}", "stdout")
                 async with asyncio.timeout(self.settings.upload_timeout):
-                    await self.provider.upload(handle, plan.files)
+                    await self.provider.upload(handle, files)
             if install:
                 step = "install"
                 await advance("installing")
@@ -171,6 +186,8 @@ class Pipeline:
                 step = "build"
                 await advance("building")
                 await command(step, build, self.settings.step_timeout)
+                if self.cache is not None and plan.cache_key and cached is None:
+                    await self._keep_build(handle, plan, self.cache)
             step = "start"
             await advance("starting", port=port)
             state.commands += 1
@@ -228,6 +245,27 @@ class Pipeline:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+
+    async def _keep_build(
+        self, handle: ProviderSandbox, plan: BuildPlan, cache: BuildCache
+    ) -> None:
+        """Read the built output back (one command: tar | base64) into the build cache. Best
+        effort: a preview never fails because its output could not be cached."""
+        assert plan.cache_key is not None
+        chunks: list[str] = []
+
+        async def collect(line: str, stream: str) -> None:
+            if stream == "stdout":
+                chunks.append(line.strip())
+
+        out = shlex.quote(plan.output_dir)
+        cmd = f"tar -C {out} --exclude=./{PROMPT_FILE} -czf - . | base64"
+        try:
+            result = await self.provider.exec(handle, cmd, timeout=60, on_output=collect)
+            if result.exit_code == 0:
+                await cache.put(plan.cache_key, base64.b64decode("".join(chunks), validate=True))
+        except (ProviderError, binascii.Error, ValueError) as exc:
+            log.warning("build_cache.read_back_failed", key=plan.cache_key, error=str(exc)[:200])
 
     async def _probe(self, handle: ProviderSandbox, port: int) -> None:
         # Real time on purpose: a server's start-up is wall-clock work, not service time.

@@ -29,6 +29,7 @@ from midori_preview.errors import (
 )
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
+from midori_preview.previews.build_cache import BuildCache
 from midori_preview.previews.charging import Charger
 from midori_preview.previews.pipeline import Pipeline, PipelineSettings
 from midori_preview.previews.schemas import (
@@ -74,6 +75,7 @@ class PreviewService:
         provider: SandboxProvider,
         clock: Clock,
         replica_id: str,
+        build_cache: BuildCache | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -87,6 +89,7 @@ class PreviewService:
             settings.idle_timeout_seconds + 2 * settings.reaper_interval_seconds + 60
         )
         self.pipeline = Pipeline(
+            cache=build_cache,
             provider=provider,
             repo=repo,
             events=events,

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 from midori_preview.errors import PayloadTooLarge, ValidationFailed
 from midori_preview.previews.schemas import CreatePreview
 from midori_preview.providers.base import FileData
-from midori_preview.templates import render_template
+from midori_preview.templates import PROMPT_FILE, prompt_file_bytes, render_template
 
 DEFAULT_PORT = 3000
 STATIC_SERVER = 'python3 -m http.server "$PORT" --bind 127.0.0.1'
@@ -40,6 +40,11 @@ class BuildPlan:
     port: int = DEFAULT_PORT
     template: str | None = None
     digest: str = ""
+    # Templates whose build ignores the promptJson: the built output directory can be cached per
+    # template version (`cache_key`) and reused with `overlay` (the request's own data) on top.
+    cache_key: str | None = None
+    output_dir: str = "dist"
+    overlay: list[FileData] = field(default_factory=list)
 
 
 def validate_path(path: str) -> str:
@@ -109,6 +114,7 @@ def plan_for(
             built = render_template(name, body.prompt_json)
         except ValueError as exc:  # e.g. NaN / Infinity, which JSON cannot carry
             raise ValidationFailed(f"promptJson: {exc}", field="promptJson") from None
+        cacheable = name == "vite"
         return BuildPlan(
             source_kind="prompt",
             files=[FileData(f.path, f.content) for f in built.files],
@@ -117,6 +123,10 @@ def plan_for(
             start=built.start,
             template=name,
             digest=digest,
+            cache_key=f"{name}-{built.version}" if cacheable else None,
+            overlay=[FileData(f"dist/{PROMPT_FILE}", prompt_file_bytes(body.prompt_json))]
+            if cacheable
+            else [],
         )
     port = body.port or DEFAULT_PORT
     if body.files is not None:
