@@ -195,7 +195,7 @@ async def run(runs: int, requests: int, concurrency: int, env: dict[str, str]) -
             for label, body in (
                 ("static template (promptJson)", {"projectId": "b", "promptJson": EXAMPLE}),
                 (
-                    "vite template: npm ci + vite build (npm cache warm)",
+                    "vite template (1st run builds with npm, then the build cache)",
                     {"projectId": "b", "promptJson": EXAMPLE, "template": "vite"},
                 ),
                 (
