@@ -142,6 +142,21 @@ def _error(code: str, message: str, status: int, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
+def _unparsable_body(exc: StarletteHTTPException) -> str | None:
+    """What was wrong with a JSON body FastAPI could not even decode, or None for other errors.
+    FastAPI answers such a body (not UTF-8, nested too deeply for the parser, an integer too long
+    to convert) with a bare 400, raised from the decoding error; to a caller it is as malformed
+    as any other bad JSON, which is a 422 `validation_error`."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or not isinstance(cause, ValueError | RecursionError):
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return "JSON body is not valid UTF-8"
+    if isinstance(cause, RecursionError):
+        return "JSON body is nested too deeply"
+    return "JSON body could not be decoded"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PreviewError)
     async def preview_error(_: Request, exc: PreviewError) -> JSONResponse:
@@ -157,6 +172,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        problem = _unparsable_body(exc)
+        if problem is not None:
+            return JSONResponse(
+                validation_error_body([{"loc": ["body"], "message": problem}]), status_code=422
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(code, str(exc.detail), exc.status_code)
 

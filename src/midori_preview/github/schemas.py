@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from midori_preview.previews.schemas import EXAMPLE_SANDBOX_ID, Camel, FileIn
+from midori_preview.previews.schemas import EXAMPLE_SANDBOX_ID, Camel, FileIn, bounded_json
 
 
 class RepoCreateIn(Camel):
@@ -46,6 +46,11 @@ class RepoCreateIn(Camel):
     org: str | None = Field(None, max_length=39, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*)$")
     private: bool = True
     description: str | None = Field(None, max_length=350)
+
+    @field_validator("prompt_json")
+    @classmethod
+    def _prompt_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else bounded_json(value)
 
     @field_validator("name")
     @classmethod

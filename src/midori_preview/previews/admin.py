@@ -11,6 +11,10 @@ from midori_preview.errors import ValidationFailed
 from midori_preview.previews.reaper import Reaper
 from midori_preview.usage import day_of
 
+# Bounds that keep day arithmetic and timezone conversion far from date.min/date.max.
+REPORT_FIRST_DAY = date(2000, 1, 1)
+REPORT_LAST_DAY = date(9000, 12, 31)
+
 
 class AdminService:
     def __init__(self, *, repo: Repository, reaper: Reaper, scheduler: Any | None) -> None:
@@ -82,6 +86,10 @@ class AdminService:
     ) -> dict[str, Any]:
         if day_to < day_from or (day_to - day_from).days > 366:
             raise ValidationFailed("`from` must be before `to`, at most a year apart")
+        if day_from < REPORT_FIRST_DAY or day_to > REPORT_LAST_DAY:
+            raise ValidationFailed(
+                f"dates must lie between {REPORT_FIRST_DAY} and {REPORT_LAST_DAY}"
+            )
         rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
             lambda: {"previewSeconds": 0, "sandboxesCreated": 0, "stoppedByReason": Counter(),
                      "commandsRun": 0}

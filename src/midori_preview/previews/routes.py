@@ -34,6 +34,9 @@ from midori_preview.previews.service import PreviewService
 router = APIRouter(prefix="/api/preview", tags=["previews"])
 User = Annotated[Principal, Depends(current_user)]
 SandboxIdQ = Annotated[str, Query(alias="sandboxId", min_length=1, max_length=64)]
+# The `id` of an event of ours: a stream id, `<ms>-<seq>` (or `<ms>`), each within the 64-bit
+# integers the event store accepts. Anything else is refused before the stream starts.
+EVENT_ID = r"^(?:[0-9]{1,19}(?:-[0-9]{1,19})?)?$"
 
 UNAUTHORIZED = error_response(
     401, "unauthorized", "Missing bearer token.", "Not authenticated (`unauthorized`)."
@@ -52,6 +55,21 @@ INVALID_BODY = invalid_request(
     "Invalid payload (`validation_error`).", (("body", "sandboxId"), "Field required")
 )
 BY_ID: Responses = {**UNAUTHORIZED, **NOT_FOUND, **INVALID_QUERY}
+# One event of the stream (the schema of an event stream describes each event); the example
+# below is a whole stream.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "Send it back as `Last-Event-ID` to resume."},
+        "event": {"type": "string", "enum": ["status", "log"]},
+        "data": {
+            "type": "string",
+            "description": "JSON: `{status, reason}` for `status` (`error` adds `step`, "
+            "`code`, `message`, `exitCode`), `{step, stream, line}` for `log`.",
+        },
+    },
+    "required": ["id", "event", "data"],
+}
 SSE_EXAMPLE = "".join(
     f"id: {id_}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
     for id_, kind, data in (
@@ -174,18 +192,30 @@ async def preview_status(sandbox_id: SandboxIdQ, user: User, svc: Svc) -> Previe
     responses={
         200: {
             "description": "`text/event-stream`: `status` and `log` events, each with an `id`.",
-            "content": {
-                "text/event-stream": {"schema": {"type": "string"}, "example": SSE_EXAMPLE}
-            },
+            "content": {"text/event-stream": {"schema": SSE_EVENT, "example": SSE_EXAMPLE}},
         },
         **BY_ID,
+        **error_choices(
+            422,
+            "Invalid request (`validation_error`): no `sandboxId`, or a `Last-Event-ID` that is "
+            "not one of this stream's ids.",
+            validation_error_body([{"loc": ["query", "sandboxId"], "message": "Field required"}]),
+            validation_error_body(
+                [
+                    {
+                        "loc": ["header", "last-event-id"],
+                        "message": f"String should match pattern '{EVENT_ID}'",
+                    }
+                ]
+            ),
+        ),
     },
 )
 async def preview_events(
     sandbox_id: SandboxIdQ,
     user: User,
     svc: Svc,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header(pattern=EVENT_ID)] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: `status` on every transition, `log` for each output line; the stream
     ends after a terminal state. Resume with `Last-Event-ID`."""

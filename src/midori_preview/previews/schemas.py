@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 Status = Literal[
@@ -27,6 +27,44 @@ EXAMPLE_USAGE: dict[str, Any] = {
 }
 
 
+# How deeply a promptJson may nest objects and arrays. A real one is a handful of levels; the
+# bound keeps every later step (serializing, hashing, rendering) far from the nesting limits of
+# pydantic (~250 levels) and of Python's recursion.
+MAX_PROMPT_DEPTH = 64
+
+
+def unicode_text(value: str) -> str:
+    """`value`, unless it holds a lone surrogate (JSON can escape one, `"\\ud800"`, but it is no
+    Unicode text: it cannot be hashed, written or rendered as UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate)") from None
+    return value
+
+
+def bounded_json(value: dict[str, Any]) -> dict[str, Any]:
+    """A promptJson: nested at most MAX_PROMPT_DEPTH levels, every key and string Unicode text.
+    (Iterative: a deep document must not exhaust the recursion of its own check.)"""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_PROMPT_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_PROMPT_DEPTH} levels")
+        if isinstance(node, dict):
+            for key in node:
+                unicode_text(key)
+            children = list(node.values())
+        else:
+            children = node
+        for child in children:
+            if isinstance(child, str):
+                unicode_text(child)
+            elif isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return value
+
+
 class Camel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -35,6 +73,11 @@ class FileIn(Camel):
     path: str = Field(min_length=1, max_length=1024)
     content: str
     encoding: Literal["utf-8", "base64"] = "utf-8"
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value: str) -> str:
+        return unicode_text(value)
 
 
 class GitIn(Camel):
@@ -82,6 +125,11 @@ class CreatePreview(Camel):
     start: str | None = Field(None, max_length=4000)
     port: int | None = Field(None, ge=1024, le=65535)
     replace: bool = False
+
+    @field_validator("prompt_json")
+    @classmethod
+    def _prompt_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else bounded_json(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> CreatePreview:
