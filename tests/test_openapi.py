@@ -102,7 +102,7 @@ def known_codes() -> dict[str, set[int] | None]:
 
     for cls in walk(PreviewError):
         if cls.code == PreviewError.code:
-            continue  # ProviderFailure, GitHubCallFailed: the code is given per instance
+            continue  # GitHubCallFailed: the code is given per instance
         statuses = codes.setdefault(cls.code, set())
         if statuses is not None:
             statuses.add(cls.status)

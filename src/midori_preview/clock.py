@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -48,8 +47,3 @@ class ManualClock:
         self._now += timedelta(seconds=seconds)
         self._mono += seconds
         return self._now
-
-
-async def sleep(seconds: float) -> None:
-    """Real sleeping, kept in one place so that it is obvious where wall time is spent."""
-    await asyncio.sleep(seconds)

@@ -92,17 +92,6 @@ class QuotaUnavailable(PreviewError):
     status = 503
 
 
-class ProviderFailure(PreviewError):
-    """A provider error surfaced to the API under our own code (never vendor text)."""
-
-    status = 502
-
-    def __init__(self, code: str, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-
 # --- OpenAPI ------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,6 @@ import base64
 import secrets
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
@@ -52,7 +51,6 @@ from midori_preview.settings import Settings
 from midori_preview.usage import day_of, next_midnight
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 # Stops that the watching user caused are charged up to the moment of the stop; stops by the
 # service (idle, expired, quota, lost …) only up to the last heartbeat, which is already charged.

@@ -47,15 +47,6 @@ end
 return {1, 0}
 """
 
-# KEYS[1] usage counter. ARGV: seconds to add, ttl → the new total, or -1 when Redis lost the
-# mirror (the caller rebuilds it from Postgres, which already holds the charge).
-ADD_USAGE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local v = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-return v
-"""
-
 # KEYS[1] usage counter. ARGV: seconds, ttl → the counter after raising it to at least `seconds`
 # (never lowers it). Writers of a total read from Postgres use this: a charge may have committed
 # and reached the mirror after the total was read, and overwriting would lose it.

@@ -30,7 +30,6 @@ class QuotaService:
         self._acquire = redis.register_script(scripts.ACQUIRE_SLOT)
         self._renew = redis.register_script(scripts.RENEW_SLOTS)
         self._rate = redis.register_script(scripts.RATE_LIMIT)
-        self._add_usage = redis.register_script(scripts.ADD_USAGE)
         self._raise_usage = redis.register_script(scripts.RAISE_USAGE)
         self._heartbeat = redis.register_script(scripts.HEARTBEAT)
 
@@ -95,15 +94,6 @@ class QuotaService:
         total = await from_db()
         await self.redis.set(key, total, ex=self.usage_ttl, nx=True)
         return total
-
-    async def add_usage(
-        self, user_id: str, day: str, seconds: int, from_db: Callable[[], Awaitable[int]]
-    ) -> int:
-        key = self.usage_key(user_id, day)
-        value = int(await self._add_usage(keys=[key], args=[seconds, self.usage_ttl]))
-        if value >= 0:
-            return value
-        return await self.raise_usage(user_id, day, await from_db())
 
     async def reserve_usage(
         self,
