@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from midori_preview.clock import ManualClock, sleep
+from midori_preview.clock import ManualClock
 from midori_preview.db.models import Sandbox
 from midori_preview.kv import make_redis
 from midori_preview.quota.service import QuotaService
@@ -89,7 +89,7 @@ async def test_a_crashed_holders_slot_frees_after_its_lease(quota: QuotaService)
     assert not refused.granted
     assert refused.holders == ["crashed"]
 
-    await sleep(1.1)  # the one real wait: Redis time, which no test clock can move
+    await asyncio.sleep(1.1)  # the one real wait: Redis time, which no test clock can move
 
     assert (await quota.acquire_slot("u", "next", limit=1, lease_seconds=60)).granted
     assert await quota.slot_holders("u") == ["next"]
