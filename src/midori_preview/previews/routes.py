@@ -219,7 +219,7 @@ async def preview_events(
 ) -> EventSourceResponse:
     """Server-Sent Events: `status` on every transition, `log` for each output line; the stream
     ends after a terminal state. Resume with `Last-Event-ID`."""
-    first = await svc.status(sandbox_id, user.user_id)  # 404 unless it is the caller's
+    first = await svc.state(sandbox_id, user.user_id)  # 404 unless it is the caller's
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         cursor = last_event_id or "0-0"
@@ -227,7 +227,7 @@ async def preview_events(
         block = None if first.status in TERMINAL_STATUSES else BLOCK_MS
         async for event in svc.events.follow(sandbox_id, after=cursor, block_ms=block):
             if event is None:  # nothing new: the stream may have been lost or pruned
-                current = first if block is None else await svc.status(sandbox_id, user.user_id)
+                current = first if block is None else await svc.state(sandbox_id, user.user_id)
                 if current.status in TERMINAL_STATUSES:
                     data = {"status": current.status, "reason": current.reason}
                     yield {"id": cursor, "event": "status", "data": json.dumps(data)}

@@ -328,6 +328,10 @@ class PreviewService:
         row = await self._owned(sandbox_id, user_id)
         return self.view(row, usage=await self.usage(row.user_id))
 
+    async def state(self, sandbox_id: str, user_id: str | None) -> PreviewStatus:
+        """The status without usage: one row read (event streams re-check it while they wait)."""
+        return self.view(await self._owned(sandbox_id, user_id))
+
     def view(self, row: Sandbox, usage: Usage | None = None) -> PreviewStatus:
         running = row.status == "running"
         return PreviewStatus(
