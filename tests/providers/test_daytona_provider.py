@@ -22,6 +22,7 @@ import pytest
 from midori_preview.providers.base import (
     CommandTimeout,
     FileData,
+    GitCredentials,
     ProviderNotFound,
     ProviderQuota,
     ProviderRejected,
@@ -469,9 +470,13 @@ async def test_clone_passes_credentials_as_arguments(
     created = await provider.create(spec(), timeout=30)
 
     with pytest.raises(ProviderRejected):
-        await provider.clone(created, "https://user:secret@example.com/r.git", "main")
+        await provider.clone(created, "https://user:secret@example.com/r.git", "main", timeout=60)
     await provider.clone(
-        created, f"file://{repo}", "main", timeout=60, username="x-token", password="s3cret"
+        created,
+        f"file://{repo}",
+        "main",
+        timeout=60,
+        credentials=GitCredentials("x-token", "s3cret"),
     )
 
     home = emulator.sandbox_home(created.provider_id)

@@ -159,11 +159,10 @@ class Pipeline:
             install, build, start, port = plan.install, plan.build, plan.start, plan.port
             cached = self.cache.get(plan.cache_key) if self.cache and plan.cache_key else None
             if plan.git is not None:
-                clone = getattr(self.provider, "clone", None)
-                if clone is None:
-                    raise StepFailed(step, "this provider cannot clone git sources")
                 state.commands += 1
-                await clone(handle, plan.git.url, plan.git.ref, timeout=self.settings.clone_timeout)
+                await self.provider.clone(
+                    handle, plan.git.url, plan.git.ref, timeout=self.settings.clone_timeout
+                )
                 if start is None:
                     found = await command("detect", DETECT, self.settings.step_timeout)
                     d_install, d_build, start, d_port = detected_commands(found)

@@ -171,19 +171,18 @@ class Reaper:
     async def _keep_alive(self, row: Sandbox) -> bool:
         """Watched sandboxes reset the provider's own idle auto-stop (Daytona does not count
         preview traffic as activity), at most once a minute per sandbox."""
-        keep_alive = getattr(self.provider, "keep_alive", None)
-        if keep_alive is None or row.provider_id is None:
+        if row.provider_id is None:
             return False
         last = self._kept_alive.get(row.id)
         if last is not None and self.clock.monotonic() - last < KEEP_ALIVE_EVERY_SECONDS:
             return False
         self._kept_alive[row.id] = self.clock.monotonic()
         try:
-            await keep_alive(ProviderSandbox(self.provider.name, row.provider_id, row.id, ""))
+            handle = ProviderSandbox(self.provider.name, row.provider_id, row.id, "")
+            return await self.provider.keep_alive(handle)
         except ProviderError as exc:
             log.warning("sandbox.keep_alive_failed", sandbox_id=row.id, code=exc.code)
             return False
-        return True
 
     async def _stop(self, row: Sandbox, reason: str, expect: dict[str, Any] | None = None) -> bool:
         """Claim the row (CAS to stopping) and stop it; False when another actor got there first."""

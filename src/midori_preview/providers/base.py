@@ -71,6 +71,15 @@ class FileData:
 
 
 @dataclass(frozen=True, slots=True)
+class GitCredentials:
+    """Credentials for a git clone: handed to git as credentials, never put in a URL, an argv,
+    a config file, a log or the sandbox's environment."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ExecResult:
     exit_code: int
     output_tail: Sequence[str] = ()
@@ -198,6 +207,24 @@ class SandboxProvider(Protocol):
         on_output: OutputCallback | None = None,
     ) -> None:
         """Start the long-running server in the background; its output streams to `on_output`."""
+        ...
+
+    async def clone(
+        self,
+        sandbox: ProviderSandbox,
+        url: str,
+        ref: str | None,
+        *,
+        timeout: float,
+        credentials: GitCredentials | None = None,
+    ) -> None:
+        """Clone `url` at `ref` (a branch, a tag or a full commit id; None = the default branch)
+        into the workdir."""
+        ...
+
+    async def keep_alive(self, sandbox: ProviderSandbox) -> bool:
+        """Reset the provider's own idle clock for a watched sandbox. False when the provider
+        keeps no such clock (nothing was done)."""
         ...
 
     async def probe(self, sandbox: ProviderSandbox, port: int, *, timeout: float) -> bool:

@@ -47,6 +47,7 @@ from midori_preview.providers.base import (
     CommandTimeout,
     ExecResult,
     FileData,
+    GitCredentials,
     OutputCallback,
     PreviewLink,
     ProviderError,
@@ -338,7 +339,7 @@ class DaytonaProvider:
         if self._owns_client:
             await self._client.close()  # type: ignore[no-untyped-call]
 
-    # --- optional capabilities (not in the port) -----------------------------------------------
+    # --- sources and activity -----------------------------------------------------------------
 
     async def clone(
         self,
@@ -346,9 +347,8 @@ class DaytonaProvider:
         url: str,
         ref: str | None,
         *,
-        timeout: float | None = None,
-        username: str | None = None,
-        password: str | None = None,
+        timeout: float,
+        credentials: GitCredentials | None = None,
     ) -> None:
         """Clone `url` at `ref` (branch, tag or full commit id) into the workdir."""
         parts = urlsplit(url)
@@ -363,19 +363,20 @@ class DaytonaProvider:
                 sandbox.workdir,
                 branch=None if commit else ref,
                 commit_id=commit,
-                username=username,
-                password=password,
-                request_timeout=timeout or self._config.clone_timeout_seconds,
+                username=credentials.username if credentials else None,
+                password=credentials.password if credentials else None,
+                request_timeout=timeout,
             ),
             idempotent=False,
         )
 
-    async def keep_alive(self, sandbox: ProviderSandbox) -> None:
+    async def keep_alive(self, sandbox: ProviderSandbox) -> bool:
         """Reset Daytona's auto-stop clock (preview traffic does not count as activity)."""
         handle = await self._handle(sandbox)
         await self._retry.call(
             "refresh activity", lambda: handle.refresh_activity(request_timeout=self._timeout)
         )
+        return True
 
     # --- helpers -------------------------------------------------------------------------------
 

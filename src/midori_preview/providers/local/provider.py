@@ -22,6 +22,7 @@ from midori_preview.providers.base import (
     CommandTimeout,
     ExecResult,
     FileData,
+    GitCredentials,
     OutputCallback,
     PreviewLink,
     ProviderError,
@@ -170,13 +171,16 @@ class LocalProvider:
         ref: str | None,
         *,
         timeout: float,
-        username: str | None = None,
-        password: str | None = None,
+        credentials: GitCredentials | None = None,
     ) -> None:
         """Clone on the host side into the workspace (a `file://` source stays reachable), with
         git's own config and prompts off; credentials only ever go through the environment."""
         local = self._get(sandbox)
-        await _git_clone(local.workspace, local.root / "home", url, ref, timeout, password)
+        await _git_clone(local.workspace, local.root / "home", url, ref, timeout, credentials)
+
+    async def keep_alive(self, sandbox: ProviderSandbox) -> bool:
+        """Local sandboxes keep no idle clock of their own: the reaper alone stops them."""
+        return False
 
     def _track(self, local: _Local, proc: asyncio.subprocess.Process) -> None:
         local.groups.add(proc.pid)
@@ -317,7 +321,12 @@ def _write_all(workspace: Path, files: Sequence[FileData]) -> None:
 
 
 async def _git_clone(
-    workspace: Path, home: Path, url: str, ref: str | None, timeout: float, password: str | None
+    workspace: Path,
+    home: Path,
+    url: str,
+    ref: str | None,
+    timeout: float,
+    credentials: GitCredentials | None,
 ) -> None:
     env = {
         "PATH": "/usr/bin:/bin",
@@ -327,11 +336,19 @@ async def _git_clone(
         "GIT_CONFIG_GLOBAL": "/dev/null",
         "GIT_ALLOW_PROTOCOL": "https:http:file",
     }
-    if password:
+    if credentials is not None:
         askpass = home / "askpass.sh"
-        askpass.write_text('#!/bin/sh\nprintf "%s" "$MIDORI_GIT_PASSWORD"\n')
+        askpass.write_text(
+            '#!/bin/sh\ncase "$1" in\n'
+            '  Username*) printf "%s" "$MIDORI_GIT_USERNAME" ;;\n'
+            '  *) printf "%s" "$MIDORI_GIT_PASSWORD" ;;\nesac\n'
+        )
         askpass.chmod(0o700)
-        env |= {"GIT_ASKPASS": str(askpass), "MIDORI_GIT_PASSWORD": password}
+        env |= {
+            "GIT_ASKPASS": str(askpass),
+            "MIDORI_GIT_USERNAME": credentials.username,
+            "MIDORI_GIT_PASSWORD": credentials.password,
+        }
     is_sha = ref is not None and len(ref) == 40 and all(c in "0123456789abcdef" for c in ref)
     steps: list[list[str]] = []
     if ref is None or is_sha:
