@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import text
 
 from midori_preview.app import create_app
-from midori_preview.clock import ManualClock
 from midori_preview.db.engine import make_engine, upgrade_head
 from midori_preview.settings import Settings
+from tests.support.clock import ManualClock
 from tests.support.servers import drop_redis_keys
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")

@@ -147,10 +147,6 @@ class SessionCookieAuth:
             allowed_origins=[*settings.allowed_origins, settings.effective_public_url],
         )
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.candidates)
-
     async def __call__(self, request: Request) -> Principal | None:
         found = False
         for name, keys in self.candidates:

@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from midori_preview.clock import ManualClock
 from midori_preview.github.signature import sign_body
 from midori_preview.settings import Settings
 from tests.conftest import Backend, Running, make_settings, running_app
 from tests.github.fake_github import FakeGitHub, serve_fake
 from tests.previews.helpers import git
+from tests.support.clock import ManualClock
 
 SECRET = "whsec-test-5f1c0e"
 PAYLOADS = Path(__file__).parent / "payloads"

@@ -14,7 +14,6 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from midori_preview.clock import ManualClock
 from midori_preview.github.comments import MARKER
 from midori_preview.github.payloads import Target
 from tests.conftest import Backend, Running
@@ -31,6 +30,7 @@ from tests.github.conftest import (
 )
 from tests.github.fake_github import FakeGitHub, serve_fake
 from tests.previews.helpers import git
+from tests.support.clock import ManualClock
 
 REPO = "octo-org/site"
 

@@ -18,10 +18,10 @@ from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from midori_preview.app import build_provider
-from midori_preview.clock import ManualClock
 from midori_preview.db.models import UsageLedger
 from midori_preview.settings import Settings
 from tests.conftest import Running, running_app, user_headers
+from tests.support.clock import ManualClock
 from tests.support.servers import free_port
 
 API = "/api/preview/daytona"

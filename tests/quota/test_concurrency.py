@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from midori_preview.clock import ManualClock
 from midori_preview.db.models import Sandbox
 from midori_preview.kv import make_redis
 from midori_preview.quota.service import QuotaService
@@ -30,6 +29,7 @@ from tests.quota.helpers import (
     status,
     stop,
 )
+from tests.support.clock import ManualClock
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from midori_preview.clock import ManualClock
 from tests.conftest import Backend, make_settings, running_app, user_headers
 from tests.quota.helpers import (
     create,
@@ -26,6 +25,7 @@ from tests.quota.helpers import (
     status,
     stop,
 )
+from tests.support.clock import ManualClock
 
 DAY = "2026-01-01"  # the ManualClock starts at 2026-01-01 12:00 UTC
 

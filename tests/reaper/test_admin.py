@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from midori_preview.clock import ManualClock
 from tests.conftest import Backend, Running, make_settings, running_app, user_headers
 from tests.quota.helpers import create, create_running, replicas, status, stop
+from tests.support.clock import ManualClock
 
 ADMIN = user_headers("root", admin=True)
 CLEANUP = "/api/preview/cleanup"

@@ -9,7 +9,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from midori_preview.clock import ManualClock
 from midori_preview.db.models import Sandbox
 from midori_preview.previews.service import new_sandbox_id
 from midori_preview.providers.base import SandboxSpec
@@ -26,6 +25,7 @@ from tests.quota.helpers import (
     status,
     stop,
 )
+from tests.support.clock import ManualClock
 
 
 async def provider_ids(app: Running) -> set[str]:

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from midori_preview.clock import ManualClock
 from midori_preview.providers.base import ProviderSandbox, SandboxSpec
 from midori_preview.settings import Settings
 from tests.conftest import Backend, Running, make_settings, running_app
@@ -29,6 +28,7 @@ from tests.quota.helpers import (
     status,
     stop,
 )
+from tests.support.clock import ManualClock
 
 DAY = "2026-01-01"
 

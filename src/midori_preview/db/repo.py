@@ -129,10 +129,6 @@ class Repository:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def update_fields(self, sandbox_id: str, **fields: Any) -> None:
-        async with self.sessions() as s, s.begin():
-            await s.execute(update(Sandbox).where(Sandbox.id == sandbox_id).values(**fields))
-
     async def renew_lease(self, sandbox_id: str, owner: str, until: datetime) -> bool:
         async with self.sessions() as s, s.begin():
             result = await s.execute(
