@@ -23,7 +23,7 @@ from midori_preview.auth_nextauth import SessionCookieAuth
 from midori_preview.clock import Clock, SystemClock
 from midori_preview.db.engine import make_engine, session_factory, upgrade_head_async
 from midori_preview.db.repo import Repository
-from midori_preview.errors import PayloadTooLarge, PreviewError, validation_error_body
+from midori_preview.errors import PayloadTooLarge, ServiceError, validation_error_body
 from midori_preview.events import EventBus
 from midori_preview.github.routes import router as github_router
 from midori_preview.github.service import GitHubService
@@ -133,7 +133,9 @@ class BodyLimitMiddleware:
             for name, value in scope["headers"]:
                 if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                     err = PayloadTooLarge(f"Request body is larger than {self.limit} bytes.")
-                    await JSONResponse(err.body(), status_code=err.status)(scope, receive, send)
+                    await JSONResponse(err.body(), status_code=err.http_status)(
+                        scope, receive, send
+                    )
                     return
         await self.app(scope, receive, send)
 
@@ -158,9 +160,9 @@ def _unparsable_body(exc: StarletteHTTPException) -> str | None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(PreviewError)
-    async def preview_error(_: Request, exc: PreviewError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,6 +1,11 @@
-"""Domain errors: a stable machine `code`, an HTTP status and a human message; one handler renders
-them as `{"error": {"code", "message", ...}}`. `error_response` documents such an answer in
-OpenAPI (schema + example) for a route's `responses=`."""
+"""The service's errors: one base (`ServiceError`) carrying a stable machine `code`, a human
+`message` safe to show, the HTTP `status` of an answer and optional extras; the app renders every
+one of them with one handler as `{"error": {"code", "message", ...}}`. `error_response` documents
+such an answer in OpenAPI (schema + example) for a route's `responses=`.
+
+The subtrees: `PreviewError` (the API's own answers, below), `providers.base.ProviderError` and
+`github.client.GitHubError` (clients' errors, which their callers translate), and
+`previews.pipeline.StepFailed` (how a build ended, kept on its row)."""
 
 from __future__ import annotations
 
@@ -12,9 +17,14 @@ from pydantic import BaseModel, ConfigDict
 Responses = dict[int | str, dict[str, Any]]
 
 
-class PreviewError(Exception):
-    code = "error"
-    status = 400
+class ServiceError(Exception):
+    """The one base of our errors. `code` is ours (never vendor text); `status` is the HTTP status
+    an answer carries (None: the error has none of its own and answers 500); extras go into the
+    error body; `exit_code` is set by errors about a process (a failed step, an exited server)."""
+
+    code = "internal_error"
+    status: int | None = 500
+    exit_code: int | None = None
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None, **extra: Any):
         super().__init__(message)
@@ -22,8 +32,19 @@ class PreviewError(Exception):
         self.extra = extra
         self.headers = headers or {}
 
+    @property
+    def http_status(self) -> int:
+        return self.status or 500
+
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+        return error_body(self.code, self.message, **self.extra)
+
+
+class PreviewError(ServiceError):
+    """An error the API answers with as it is (4xx/5xx with our code)."""
+
+    code = "error"
+    status = 400
 
 
 class ValidationFailed(PreviewError):

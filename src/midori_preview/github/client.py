@@ -16,6 +16,7 @@ import httpx
 import jwt
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from midori_preview.errors import ServiceError
 from midori_preview.logging import get_logger
 
 log = get_logger(__name__)
@@ -28,7 +29,7 @@ MAX_PAGES = 50
 # --- errors -----------------------------------------------------------------------------------
 
 
-class GitHubError(Exception):
+class GitHubError(ServiceError):
     """Base of GitHub failures: `code` is ours and safe to show; never GitHub's own text."""
 
     code = "github_error"

@@ -20,7 +20,7 @@ from typing import Any
 
 from midori_preview.clock import Clock
 from midori_preview.db.repo import Repository
-from midori_preview.errors import ValidationFailed
+from midori_preview.errors import ServiceError, ValidationFailed
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
 from midori_preview.previews.build_cache import BuildCache
@@ -32,7 +32,6 @@ from midori_preview.providers.base import (
     ProviderSandbox,
     SandboxProvider,
     SandboxSpec,
-    ServerExited,
 )
 from midori_preview.templates import PROMPT_FILE
 
@@ -59,15 +58,30 @@ class _Progress:
     commands: int = 0
 
 
-class StepFailed(Exception):
+class StepFailed(ServiceError):
+    """How a build ended in `error`: the step, our code, a message safe to show, the exit code.
+    Kept on the sandbox's row (status answers it); never raised to an API caller."""
+
+    code = "step_failed"
+
     def __init__(
         self, step: str, message: str, exit_code: int | None = None, code: str = "step_failed"
     ) -> None:
         super().__init__(message)
         self.step = step
-        self.message = message
         self.exit_code = exit_code
         self.code = code
+
+
+def failure_of(exc: Exception, step: str) -> StepFailed:
+    """What a failure during `step` is recorded as: the one mapping from errors to error rows."""
+    if isinstance(exc, StepFailed):
+        return exc
+    if isinstance(exc, ValidationFailed):  # the repository's own preview.json is unusable
+        return StepFailed("detect", exc.message, code="invalid_preview_json")
+    if isinstance(exc, ProviderError):  # our code (never vendor text); exit code if it has one
+        return StepFailed(step, exc.message, exc.exit_code, exc.code)
+    return StepFailed(step, "internal error", code="internal_error")
 
 
 class Superseded(Exception):
@@ -221,25 +235,14 @@ class Pipeline:
                 )
             )
             raise
-        except StepFailed as exc:
+        except Exception as exc:
+            failed = failure_of(exc, step)
+            if failed.code == "internal_error":  # none of ours: a bug, with its traceback
+                log.exception("sandbox.build_crashed", sandbox_id=sandbox_id, step=step)
             await self._fail(
-                sandbox_id, state, tail, handle, exc.step, exc.message, exc.exit_code, exc.code
-            )
-        except ValidationFailed as exc:  # the repository's own preview.json is unusable
-            await self._fail(
-                sandbox_id, state, tail, handle, "detect", exc.message, code="invalid_preview_json"
-            )
-        except ServerExited as exc:
-            await self._fail(
-                sandbox_id, state, tail, handle, step, exc.message, exc.exit_code, exc.code
-            )
-        except ProviderError as exc:
-            await self._fail(sandbox_id, state, tail, handle, step, exc.message, code=exc.code)
-        except Exception:
-            log.exception("sandbox.build_crashed", sandbox_id=sandbox_id, step=step)
-            await self._fail(
-                sandbox_id, state, tail, handle, step, "internal error", code="internal_error"
-            )
+                sandbox_id, state, tail, handle, failed.step, failed.message, failed.exit_code,
+                failed.code,
+            )  # fmt: skip
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from midori_preview.errors import ServiceError
+
 # Called with one line of output and the stream it came from ("stdout" / "stderr").
 OutputCallback = Callable[[str, str], Awaitable[None]]
 
@@ -102,7 +104,7 @@ class PreviewLink:
 # --- errors -----------------------------------------------------------------------------------
 
 
-class ProviderError(Exception):
+class ProviderError(ServiceError):
     """Base of provider failures: `code` is ours and safe to show; never vendor text."""
 
     code = "provider_error"
