@@ -20,7 +20,9 @@ import pytest
 from sqlalchemy import text
 
 from midori_preview.app import create_app
+from midori_preview.bootstrap import Services
 from midori_preview.db.engine import make_engine, upgrade_head
+from midori_preview.previews.service import PreviewService
 from midori_preview.settings import Settings
 from tests.support.clock import ManualClock
 from tests.support.servers import drop_redis_keys
@@ -106,8 +108,14 @@ class Running:
     settings: Settings
 
     @property
-    def service(self) -> Any:
-        return self.app.state.previews
+    def services(self) -> Services:
+        """The app's container of long-lived services (built by its lifespan)."""
+        services: Services = self.app.state.services
+        return services
+
+    @property
+    def service(self) -> PreviewService:
+        return self.services.previews
 
     async def wait_until(
         self, sandbox_id: str, *statuses: str, user: str = "alice"
@@ -141,7 +149,7 @@ async def running_app(settings: Settings, **kwargs: Any) -> AsyncIterator[Runnin
             try:
                 yield Running(app, client, settings)
             finally:
-                await app.state.previews.shutdown()
+                await app.state.services.previews.shutdown()
     await drop_redis_keys(settings)
 
 

@@ -123,8 +123,9 @@ CHECKS = [
 
 async def stop_everything(app: FastAPI) -> None:
     """Stop every live sandbox, then cancel whatever build is still in flight."""
-    previews = app.state.previews
-    for row in await app.state.repo.live_rows():
+    services = app.state.services
+    previews = services.previews
+    for row in await services.db.sandboxes.holding_rows():
         await previews.stop(row.id, reason="admin")
     await previews.shutdown()
 

@@ -16,7 +16,8 @@ import pytest
 from fastapi import Depends
 
 from midori_preview.app import create_app
-from midori_preview.auth import Principal, current_admin, current_user
+from midori_preview.auth import Principal
+from midori_preview.deps import current_admin, current_user
 from tests.conftest import Backend, make_settings
 from tests.previews.helpers import API, files_body
 
@@ -61,7 +62,7 @@ async def _client(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
         ) as client,
     ):
         yield client
-    await app.state.previews.shutdown()
+    await app.state.services.previews.shutdown()
 
 
 @pytest.fixture

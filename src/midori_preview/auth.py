@@ -1,4 +1,5 @@
-"""Who is calling: a bearer JWT (HS256, fixed algorithm list) or, in dev mode, `X-User-Id`."""
+"""Who is calling: a bearer JWT (HS256, fixed algorithm list) or, in dev mode, `X-User-Id`.
+(Routes get the caller through `deps.current_user` / `deps.current_admin`.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Literal
 import jwt
 from fastapi import Request
 
-from midori_preview.errors import Forbidden, Unauthorized
+from midori_preview.errors import Unauthorized
 from midori_preview.settings import Settings
 
 
@@ -79,18 +80,3 @@ class Authenticator:
                 return Principal(user, role, "dev")
             raise Unauthorized("Send X-User-Id (dev mode) or a bearer token.")
         raise Unauthorized("Missing bearer token.")
-
-
-async def current_user(request: Request) -> Principal:
-    """FastAPI dependency: the authenticated caller (401 otherwise)."""
-    authenticator: Authenticator = request.app.state.authenticator
-    principal = await authenticator.authenticate(request)
-    request.state.principal = principal
-    return principal
-
-
-async def current_admin(request: Request) -> Principal:
-    principal = await current_user(request)
-    if not principal.is_admin:
-        raise Forbidden("Admins only.")
-    return principal

@@ -12,10 +12,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from midori_preview.logging import get_logger
+from midori_preview.previews.states import TERMINAL
 
 log = get_logger(__name__)
 
-TERMINAL_STATUSES = frozenset({"stopped", "error"})
 # A blocking read waits less than the Redis client's socket timeout (kv.py: 5 s).
 BLOCK_MS = 4000
 
@@ -81,7 +81,7 @@ class EventBus:
             for event in events:
                 cursor = event.id
                 yield event
-                if event.kind == "status" and event.data.get("status") in TERMINAL_STATUSES:
+                if event.kind == "status" and event.data.get("status") in TERMINAL:
                     return
 
     async def delete_older_than(self, min_id_ms: int) -> int:

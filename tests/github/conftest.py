@@ -178,14 +178,14 @@ async def gh_app(settings: Settings, clock: ManualClock | None = None) -> AsyncI
         try:
             yield running
         finally:
-            await running.app.state.github.aclose()
+            await running.services.github.aclose()
 
 
 async def settle(running: Running) -> None:
     """Wait until webhook work, builds and the comment/deployment updates are all done."""
-    await running.app.state.github.wait_idle()
+    await running.services.github.wait_idle()
     await running.service.wait_idle()
-    await running.app.state.github.wait_idle()
+    await running.services.github.wait_idle()
 
 
 async def sandboxes(running: Running) -> list[Any]:
@@ -194,7 +194,7 @@ async def sandboxes(running: Running) -> list[Any]:
 
     from midori_preview.db.models import Sandbox
 
-    async with running.app.state.repo.sessions() as s:
+    async with running.services.db.database.writes() as s:
         return list(await s.scalars(select(Sandbox).order_by(Sandbox.created_at)))
 
 

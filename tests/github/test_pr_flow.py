@@ -6,7 +6,6 @@ is previewed (preview.json / index.html / package.json), App auth and the reaper
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -320,7 +319,7 @@ async def test_pr_previews_are_not_idle_reaped_but_expire(
         await deliver(running.client, "pull_request", pr_payload("opened", sha))
         await settle(running)
         link = link_in(fake_github.comments_on(REPO, 7)[0]["body"])
-        reaper = running.app.state.reaper
+        reaper = running.services.reaper
         clock.advance(settings.idle_timeout_seconds * 3)
         await reaper.run_pass()
         [row] = await sandboxes(running)
@@ -332,21 +331,14 @@ async def test_pr_previews_are_not_idle_reaped_but_expire(
         assert (row.status, row.reason) == ("stopped", "expired")
         gone = await visit(running, link)
         assert gone.status_code == 410 and gone.json()["error"]["code"] == "preview_stopped"
-        # The reconciler tells GitHub: comment "stopped", deployment inactive.
-        running.app.state.github.start_reconciler(0.05)
+        # The scheduler's reconcile job tells GitHub: comment "stopped", deployment inactive.
+        assert await running.services.github.reconcile() == 1
         [dep] = fake_github.deployments.values()
-
-        def told() -> bool:  # the comment first, then the deployment: wait for both
-            body = fake_github.comments_on(REPO, 7)[0]["body"]
-            states = [s["state"] for s in fake_github.statuses[dep["id"]]]
-            return state_of(body) == "stopped" and states[-1] == "inactive"
-
-        async with asyncio.timeout(20):
-            while not told():
-                await asyncio.sleep(0.02)
-        assert "expired" in fake_github.comments_on(REPO, 7)[0]["body"]
-        await running.app.state.github.stop_reconciler()
-        assert await running.app.state.github.reconcile() == 0  # nothing left to tell
+        [comment] = fake_github.comments_on(REPO, 7)
+        assert state_of(comment["body"]) == "stopped"
+        assert "expired" in comment["body"]
+        assert fake_github.statuses[dep["id"]][-1]["state"] == "inactive"
+        assert await running.services.github.reconcile() == 0  # nothing left to tell
 
 
 async def test_github_failures_never_stop_the_preview(
@@ -366,7 +358,7 @@ async def test_github_failures_never_stop_the_preview(
         assert fake_github.comments == {}  # never a blind create when the lookup failed
         assert len(fake_github.calls_to("GET", r"/issues/7/comments$")) == 2 * 4  # 2 tries x 4
         assert len(fake_github.calls_to("POST", r"/deployments$")) == 1  # 422: not retried
-        link = running.app.state.github.review_link(Target.pull(REPO, 7))
+        link = running.services.github.review_link(Target.pull(REPO, 7))
         assert "works anyway" in await page_behind(running, link)
 
 

@@ -127,7 +127,7 @@ def workspace_of(running: Running, sandbox_id: str) -> Path:
 
 
 def host_port(running: Running, sandbox_id: str, port: int = 3000) -> int:
-    found = running.app.state.provider.host_port(sandbox_id, port)
+    found = running.services.provider.host_port(sandbox_id, port)
     assert found is not None, f"no host port for {sandbox_id}:{port}"
     return int(found)
 

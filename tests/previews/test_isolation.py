@@ -119,7 +119,7 @@ async def test_preview_answers_only_to_its_credentials(service_app: Running) -> 
     label = urlsplit(open_url).netloc.split(".", 1)[0]
     port, sandbox_id, expiry, mac = label.split("-")
     flipped = mac[:-1] + ("a" if mac[-1] != "a" else "b")
-    provider: Any = service_app.app.state.provider
+    provider: Any = service_app.services.provider
     key = provider.config.signing_key
     past = int(time.time()) - 60
     forged: dict[str, str] = {

@@ -261,7 +261,7 @@ async def test_events_are_delivered_live(tmp_path: Path, backend: Backend) -> No
 
 
 async def sandbox_rows(running: Running, user: str) -> int:
-    async with running.app.state.engine.connect() as conn:
+    async with running.services.engine.connect() as conn:
         result = await conn.execute(
             text("SELECT count(*) FROM sandboxes WHERE user_id = :u"), {"u": user}
         )

@@ -28,7 +28,7 @@ BAD_PATHS = [
 
 
 async def assert_nothing_admitted(running: Running) -> None:
-    async with running.app.state.engine.connect() as conn:
+    async with running.services.engine.connect() as conn:
         rows = (await conn.execute(text("SELECT count(*) FROM sandboxes"))).scalar_one()
     assert rows == 0
     assert running.service.builds_in_flight() == []

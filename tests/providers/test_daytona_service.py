@@ -185,7 +185,7 @@ async def test_sync_deletes_orphans_and_closes_lost_rows(
     )
     emulator.stop_sandbox(live)  # Daytona's own auto-stop (+ auto-delete) behind our back
 
-    counts = await running.app.state.reaper.sync()
+    counts = await running.services.reaper.sync()
     assert counts["orphans"] == 1 and counts["lost"] == 1
     assert orphan not in emulator.sandboxes
     assert young in emulator.sandboxes, "younger than the grace period: left alone"
@@ -201,7 +201,7 @@ async def test_watched_sandboxes_reset_daytonas_auto_stop(
     sandbox_id = await start(running, free_port())
     await running.wait_until(sandbox_id, "running")
     emulator.reset_calls()
-    reaper = running.app.state.reaper
+    reaper = running.services.reaper
     first = await reaper.run_pass()
     again = await reaper.run_pass()
     assert first.get("keptAlive") == 1 and "keptAlive" not in again, "at most once a minute"

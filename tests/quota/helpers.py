@@ -17,7 +17,7 @@ import httpx
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from midori_preview.app import build_provider
+from midori_preview.bootstrap import build_provider
 from midori_preview.db.models import UsageLedger
 from midori_preview.settings import Settings
 from tests.conftest import Running, running_app, user_headers
@@ -87,7 +87,7 @@ async def status(running: Running, sandbox_id: str, *, user: str = "alice") -> d
 
 async def ledger(running: Running) -> dict[tuple[str, str, str], int]:
     """The usage ledger in Postgres/SQLite: (user, day, project) → seconds."""
-    async with running.app.state.repo.sessions() as s:
+    async with running.services.db.database.writes() as s:
         rows = await s.scalars(select(UsageLedger))
         return {(r.user_id, r.day, r.project_id): int(r.seconds) for r in rows}
 
@@ -98,12 +98,12 @@ async def ledger_total(running: Running, user: str = "alice") -> int:
 
 async def mirror(running: Running, user: str, day: str) -> int | None:
     """The Redis mirror of a user's usage on `day` (None when the key is missing)."""
-    value = await running.app.state.redis.get(running.app.state.quota.usage_key(user, day))
+    value = await running.services.redis.get(running.services.quota.usage_key(user, day))
     return None if value is None else int(value)
 
 
 async def row(running: Running, sandbox_id: str) -> Any:
-    found = await running.app.state.repo.get(sandbox_id)
+    found = await running.services.db.sandboxes.get(sandbox_id)
     assert found is not None
     return found
 

@@ -47,7 +47,7 @@ async def quota(backend: Backend) -> AsyncIterator[QuotaService]:
 
 
 async def sandbox_count(running: Running, user: str) -> int:
-    async with running.app.state.repo.sessions() as s:
+    async with running.services.db.database.writes() as s:
         return int(
             await s.scalar(select(func.count()).select_from(Sandbox).where(Sandbox.user_id == user))
             or 0
@@ -153,7 +153,7 @@ async def test_replace_stops_the_oldest_preview_with_reason_replaced(
         gone = await status(app, oldest)
         assert (gone["status"], gone["reason"]) == ("stopped", "replaced")
         assert (await status(app, newer))["status"] == "running"
-        assert set(await app.app.state.quota.slot_holders("alice")) == {newer, third}
+        assert set(await app.services.quota.slot_holders("alice")) == {newer, third}
         # The user chose to replace it while watching: charged up to the moment it stopped.
         assert await ledger_total(app) == 60
         hb = await heartbeat(app, oldest)
@@ -237,7 +237,7 @@ async def test_fifty_concurrent_creates_across_two_replicas_make_one_sandbox(
             if r.status_code == 409:
                 assert r.json()["error"]["activeSandboxIds"] == [winner]
         assert await sandbox_count(apps[0], "alice") == 1
-        assert await apps[1].app.state.quota.slot_holders("alice") == [winner]
+        assert await apps[1].services.quota.slot_holders("alice") == [winner]
         for app in apps:
             await app.service.wait_idle()
         assert (await status(apps[1], winner))["status"] == "running"
@@ -297,7 +297,7 @@ async def test_redis_outage_fails_creates_closed_while_heartbeats_and_status_kee
             assert await ledger_total(app) == 270
 
             await redis.start()  # back, but empty (no persistence): sync rebuilds it
-            await app.app.state.reaper.sync()
+            await app.services.reaper.sync()
             assert (await status(app, sandbox_id))["usage"]["usedSecondsToday"] == 270
             again = await create(app, "other")
             assert again.status_code == 202, again.text

@@ -140,7 +140,7 @@ async def _run_to_the_cap(
         assert row["usage"]["usedSecondsToday"] == 3600
         assert row["usage"]["remainingSecondsToday"] == 0
         assert row["usage"]["warning"] == "quota_low"
-        listed = await app.app.state.provider.list_sandboxes({"midori-preview": "1"})
+        listed = await app.services.provider.list_sandboxes({"midori-preview": "1"})
         assert sandbox_id not in {i.sandbox_id for i in listed}
 
         clock.advance(step)  # the tab keeps beating: still gone, nothing more charged
@@ -232,14 +232,14 @@ async def test_a_lost_usage_mirror_is_rebuilt_from_the_ledger(
         sandbox_id = await create_running(app, "site")
         clock.advance(120)
         await heartbeat(app, sandbox_id)
-        quota = app.app.state.quota
+        quota = app.services.quota
 
-        await app.app.state.redis.delete(quota.usage_key("alice", DAY))
+        await app.services.redis.delete(quota.usage_key("alice", DAY))
         mine = await app.client.get("/api/preview/usage", headers=user_headers("alice"))
         assert mine.json()["usedSecondsToday"] == 120
         assert await mirror(app, "alice", DAY) == 120
 
-        await app.app.state.redis.delete(quota.usage_key("alice", DAY))
+        await app.services.redis.delete(quota.usage_key("alice", DAY))
         clock.advance(120)
         assert (await heartbeat(app, sandbox_id)).json()["usage"]["usedSecondsToday"] == 240
         assert await mirror(app, "alice", DAY) == 240
@@ -263,7 +263,7 @@ async def test_usage_report_by_user_and_by_project(
         clock.advance(100)
         await heartbeat(app, a2)
         clock.advance(301)
-        assert (await app.app.state.reaper.run_pass())["idle"] == 1
+        assert (await app.services.reaper.run_pass())["idle"] == 1
         # Day 2: alice watches p1 for 30 s.
         clock.set(datetime(2026, 1, 2, 9, 0, tzinfo=UTC))
         a3 = await create_running(app, "p1", content="<h1>v2</h1>")
@@ -329,7 +329,7 @@ async def test_two_sandboxes_of_one_user_charging_at_once_stay_within_the_cap(
         first = await create_running(app, "a")
         second = await create_running(app, "b")
         clock.advance(150)
-        repo = app.app.state.repo
+        repo = app.services.db.sandboxes
         charge = repo.charge
         answers = []
 

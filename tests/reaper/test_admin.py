@@ -50,7 +50,7 @@ async def test_admin_routes_are_forbidden_to_users(
             assert res.json()["error"]["code"] == "forbidden"
             anonymous = await app.client.request(method, path, json=payload)
             assert anonymous.status_code == 401, (method, path, payload)
-        assert await app.app.state.reaper.last_run() == {}  # nothing ran, nothing paused
+        assert await app.services.reaper.last_run() == {}  # nothing ran, nothing paused
         for method, path, payload in ADMIN_ROUTES:
             res = await app.client.request(method, path, json=payload, headers=ADMIN)
             assert res.status_code == 200, (method, path, payload, res.text)
@@ -108,12 +108,12 @@ async def test_stop_and_start_pause_and_resume_the_reaper_on_every_replica(
 
         sandbox_id = await create_running(a, "site")
         clock.advance(301)
-        assert await b.app.state.reaper.tick() is None  # the other replica is paused too
+        assert await b.services.reaper.tick() is None  # the other replica is paused too
         assert (await status(a, sandbox_id))["status"] == "running"
 
         assert await act(b, "start") == {"paused": False}
         assert (await stats(a))["isServiceRunning"] is True
-        counts = await a.app.state.reaper.tick()
+        counts = await a.services.reaper.tick()
         assert counts is not None
         assert counts["idle"] == 1
         assert (await status(a, sandbox_id))["reason"] == "idle"
@@ -124,7 +124,7 @@ async def test_sync_action_reconciles_and_rebuilds_redis(
 ) -> None:
     async with running_app(make_settings(tmp_path, pg_backend), clock=clock) as app:
         sandbox_id = await create_running(app, "site")
-        quota = app.app.state.quota
+        quota = app.services.quota
         await quota.release_slot("alice", sandbox_id)  # Redis lost the slot
         result = await act(app, "sync")
         assert result["slotsRebuilt"] == 1
@@ -149,20 +149,23 @@ async def test_memory_action_prunes_ephemeral_state_past_retention(
         sandbox_id = res.json()["sandboxId"]
         await app.wait_until(sandbox_id, "running")
         await stop(app, sandbox_id)
-        stream = app.app.state.events.key(sandbox_id)
-        assert await app.app.state.redis.exists(stream)
+        stream = app.services.events.key(sandbox_id)
+        assert await app.services.redis.exists(stream)
 
         assert await act(app, "memory") == {"idempotencyKeys": 0, "eventStreams": 0}
         clock.advance(86400 + 60)
         assert await act(app, "memory") == {"idempotencyKeys": 1, "eventStreams": 1}
-        assert not await app.app.state.redis.exists(stream)
-        assert await app.app.state.repo.get_idempotency("alice", "k1") is None
+        assert not await app.services.redis.exists(stream)
+        assert await app.services.db.idempotency.get("alice", "k1") is None
 
 
-async def test_every_pass_prunes_idempotency_keys_past_retention(
+async def test_every_pass_prunes_idempotency_keys_past_their_ttl(
     tmp_path: Path, pg_backend: Backend, clock: ManualClock
 ) -> None:
-    settings = make_settings(tmp_path, pg_backend, state_retention_seconds=3600)
+    """IDEMPOTENCY_TTL_SECONDS, not the retention of other ephemeral state, bounds a key's life."""
+    settings = make_settings(
+        tmp_path, pg_backend, idempotency_ttl_seconds=7200, state_retention_seconds=3600
+    )
     async with running_app(settings, clock=clock) as app:
         res = await app.client.post(
             "/api/preview/daytona",
@@ -170,11 +173,13 @@ async def test_every_pass_prunes_idempotency_keys_past_retention(
             headers={**user_headers("alice"), "Idempotency-Key": "k1"},
         )
         await app.wait_until(res.json()["sandboxId"], "running")
-        reaper = app.app.state.reaper
+        reaper = app.services.reaper
         assert (await reaper.run_pass())["idempotencyKeysPruned"] == 0
         clock.advance(3601)
+        assert (await reaper.run_pass())["idempotencyKeysPruned"] == 0
+        clock.advance(3600)
         assert (await reaper.run_pass())["idempotencyKeysPruned"] == 1
-        assert await app.app.state.repo.get_idempotency("alice", "k1") is None
+        assert await app.services.db.idempotency.get("alice", "k1") is None
 
 
 async def test_an_unknown_action_is_a_validation_error(
@@ -184,4 +189,4 @@ async def test_an_unknown_action_is_a_validation_error(
         res = await app.client.post(CLEANUP, json={"action": "explode"}, headers=ADMIN)
         assert res.status_code == 422
         assert res.json()["error"]["code"] == "validation_error"
-        assert await app.app.state.reaper.last_run() == {}
+        assert await app.services.reaper.last_run() == {}

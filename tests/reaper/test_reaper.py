@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from midori_preview.db.models import Sandbox
-from midori_preview.previews.service import new_sandbox_id
+from midori_preview.previews.admission import new_sandbox_id
 from midori_preview.providers.base import SandboxSpec
 from tests.conftest import Backend, Running, make_settings, running_app, user_headers
 from tests.quota.helpers import (
@@ -29,7 +29,7 @@ from tests.support.clock import ManualClock
 
 
 async def provider_ids(app: Running) -> set[str]:
-    listed = await app.app.state.provider.list_sandboxes(
+    listed = await app.services.provider.list_sandboxes(
         {"midori-preview": "1", "midori-preview/deployment": app.settings.preview_deployment}
     )
     return {i.provider_id for i in listed}
@@ -40,7 +40,7 @@ async def test_a_sandbox_nobody_watches_is_stopped_as_idle(
 ) -> None:
     settings = make_settings(tmp_path, backend, log_level="DEBUG")
     async with running_app(settings, clock=clock) as app:
-        reaper = app.app.state.reaper
+        reaper = app.services.reaper
         sandbox_id = await create_running(app, "site")
         with captured_logs() as logs:
             clock.advance(120)
@@ -56,7 +56,7 @@ async def test_a_sandbox_nobody_watches_is_stopped_as_idle(
         gone = await status(app, sandbox_id)
         assert (gone["status"], gone["reason"]) == ("stopped", "idle")
         assert sandbox_id not in await provider_ids(app)
-        assert await app.app.state.quota.slot_holders("alice") == []
+        assert await app.services.quota.slot_holders("alice") == []
         assert await ledger_total(app) == 120  # not charged past the last heartbeat
         late = await heartbeat(app, sandbox_id)
         assert late.status_code == 410
@@ -93,10 +93,10 @@ async def test_a_hidden_tab_gets_the_shorter_idle_timeout(
         assert (await row(app, hidden)).visible is False
 
         clock.advance(179)
-        assert (await app.app.state.reaper.run_pass()).get("idle", 0) == 0
+        assert (await app.services.reaper.run_pass()).get("idle", 0) == 0
         clock.advance(1)
         with captured_logs() as logs:
-            counts = await app.app.state.reaper.run_pass()
+            counts = await app.services.reaper.run_pass()
         assert counts["idle"] == 1
         assert (await status(app, hidden, user="bob"))["reason"] == "idle"
         assert (await status(app, shown, user="alice"))["status"] == "running"
@@ -107,9 +107,9 @@ async def test_a_hidden_tab_gets_the_shorter_idle_timeout(
         assert (await heartbeat(app, shown, visible=False)).status_code == 200
         assert (await heartbeat(app, shown, visible=True)).status_code == 200
         clock.advance(299)
-        assert (await app.app.state.reaper.run_pass()).get("idle", 0) == 0
+        assert (await app.services.reaper.run_pass()).get("idle", 0) == 0
         clock.advance(1)
-        assert (await app.app.state.reaper.run_pass())["idle"] == 1
+        assert (await app.services.reaper.run_pass())["idle"] == 1
 
 
 async def test_a_sandbox_past_its_ttl_is_expired_even_while_watched(
@@ -118,7 +118,7 @@ async def test_a_sandbox_past_its_ttl_is_expired_even_while_watched(
     settings = make_settings(tmp_path, pg_backend, log_level="INFO", max_sandbox_ttl_seconds=600)
     async with running_app(settings, clock=clock) as app:
         sandbox_id = await create_running(app, "site")
-        reaper = app.app.state.reaper
+        reaper = app.services.reaper
         for _ in range(4):  # watched the whole time: never idle
             clock.advance(120)
             assert (await heartbeat(app, sandbox_id)).status_code == 200
@@ -133,7 +133,7 @@ async def test_a_sandbox_past_its_ttl_is_expired_even_while_watched(
         assert [e["sandbox_id"] for e in events(logs, "cleanup.expired")] == [sandbox_id]
         assert events(logs, "sandbox.deleted", sandbox_id=sandbox_id, reason="expired")
         assert sandbox_id not in await provider_ids(app)
-        assert await app.app.state.quota.slot_holders("alice") == []
+        assert await app.services.quota.slot_holders("alice") == []
 
 
 async def _build_of_another_replica(
@@ -151,14 +151,14 @@ async def _build_of_another_replica(
         "midori-preview/project-id": "site",
     }
     now = clock.now()
-    granted = await app.app.state.quota.acquire_slot(
+    granted = await app.services.quota.acquire_slot(
         user, sandbox_id, limit=1, lease_seconds=app.service.slot_lease_seconds
     )
     assert granted.granted
-    handle = await app.app.state.provider.create(
+    handle = await app.services.provider.create(
         SandboxSpec(sandbox_id, user, "site", labels=labels), timeout=30
     )
-    await app.app.state.repo.insert_sandbox(
+    await app.services.db.sandboxes.insert(
         Sandbox(
             id=sandbox_id, user_id=user, project_id="site", kind="user", provider="local",
             provider_id=handle.provider_id, source_kind="files", source_digest="0" * 64,
@@ -176,7 +176,7 @@ async def test_a_build_whose_replica_stopped_renewing_its_lease_fails_as_lease_l
 ) -> None:
     settings = make_settings(tmp_path, backend, log_level="INFO", build_lease_seconds=60)
     async with running_app(settings, clock=clock) as app:
-        reaper = app.app.state.reaper
+        reaper = app.services.reaper
         crashed = await _build_of_another_replica(app, clock, owner="replica-b", user="alice")
         assert (await create(app, "mine")).status_code == 409  # its slot is held
 
@@ -199,7 +199,7 @@ async def test_a_build_whose_replica_stopped_renewing_its_lease_fails_as_lease_l
         assert events(logs, "cleanup.lease_lost", sandbox_id=crashed)
         assert events(logs, "sandbox.deleted", sandbox_id=crashed)
 
-        assert await app.app.state.quota.slot_holders("alice") == []
+        assert await app.services.quota.slot_holders("alice") == []
         res = await create(app, "mine")  # the crashed build's slot is free
         assert res.status_code == 202, res.text
         await app.wait_until(res.json()["sandboxId"], "running")
@@ -221,7 +221,7 @@ async def test_a_build_running_in_this_process_is_not_failed_for_its_lease(
             await asyncio.sleep(0.02)  # real build progress, not service time
         assert (await row(app, sandbox_id)).status == "building"
         clock.advance(600)  # far past the lease, on the service clock only
-        assert (await app.app.state.reaper.run_pass()).get("leaseLost", 0) == 0
+        assert (await app.services.reaper.run_pass()).get("leaseLost", 0) == 0
         assert (await app.wait_until(sandbox_id))["status"] == "running"
 
 
@@ -239,10 +239,10 @@ async def test_stopped_rows_leave_the_active_view_after_retention(
             return [s["sandboxId"] for s in res.json()["sandboxes"]]
 
         clock.advance(7199)
-        assert (await app.app.state.reaper.run_pass())["retired"] == 0
+        assert (await app.services.reaper.run_pass())["retired"] == 0
         assert await listed() == [sandbox_id]
         clock.advance(1)
-        assert (await app.app.state.reaper.run_pass())["retired"] == 1
+        assert (await app.services.reaper.run_pass())["retired"] == 1
         assert await listed() == []
         stats = (await app.client.get("/api/preview/cleanup", headers=admin)).json()["stats"]
         assert (stats["total"], stats["stopped"]) == (0, 0)
@@ -258,7 +258,7 @@ async def test_two_replicas_reapers_at_once_stop_an_idle_sandbox_once(
         clock.advance(301)
         with captured_logs() as logs:
             results = await asyncio.gather(
-                a.app.state.reaper.run_pass(), b.app.state.reaper.run_pass()
+                a.services.reaper.run_pass(), b.services.reaper.run_pass()
             )
         assert sum(r.get("idle", 0) for r in results) == 1
         assert sorted("skipped" in r for r in results) == [False, True]  # one pass at a time
@@ -277,7 +277,7 @@ async def test_two_replicas_passes_without_the_lock_claim_each_sandbox_once(
         clock.advance(301)
         with captured_logs() as logs:
             results: list[dict[str, Any]] = await asyncio.gather(
-                a.app.state.reaper._pass(), b.app.state.reaper._pass()
+                a.services.reaper._pass(), b.services.reaper._pass()
             )
         assert sum(r.get("idle", 0) for r in results) == 4
         for sandbox_id in ids:
@@ -290,12 +290,11 @@ async def test_a_heartbeat_between_the_reapers_read_and_its_claim_keeps_the_sand
     tmp_path: Path, backend: Backend, clock: ManualClock
 ) -> None:
     async with running_app(make_settings(tmp_path, backend), clock=clock) as app:
-        reaper = app.app.state.reaper
         sandbox_id = await create_running(app, "site")
         clock.advance(301)
-        (seen,) = await app.app.state.repo.running_rows()  # the reaper read it as idle…
+        (seen,) = await app.services.db.sandboxes.running_rows()  # the reaper read it as idle…
         assert (await heartbeat(app, sandbox_id)).status_code == 200  # …then the browser spoke
-        claimed = await reaper._stop(
+        claimed = await app.service.reap(
             seen, "idle", expect={"last_heartbeat_at": seen.last_heartbeat_at}
         )
         assert claimed is False
@@ -306,7 +305,7 @@ async def test_a_lease_renewed_between_the_reapers_read_and_its_claim_keeps_the_
     tmp_path: Path, pg_backend: Backend, clock: ManualClock
 ) -> None:
     async with running_app(make_settings(tmp_path, pg_backend), clock=clock) as app:
-        repo = app.app.state.repo
+        repo = app.services.db.sandboxes
         now = clock.now()
         sandbox = Sandbox(
             id=new_sandbox_id(), user_id="alice", project_id="p", kind="user",
@@ -315,10 +314,10 @@ async def test_a_lease_renewed_between_the_reapers_read_and_its_claim_keeps_the_
             updated_at=now, expires_at=now + timedelta(hours=2), lease_owner="gone-replica",
             lease_expires_at=now - timedelta(seconds=1),
         )  # fmt: skip
-        await repo.insert_sandbox(sandbox)
+        await repo.insert(sandbox)
         (seen,) = await repo.stale_lease_rows(now)
         assert await repo.renew_lease(sandbox.id, "gone-replica", now + timedelta(seconds=60))
-        assert await app.app.state.reaper._fail_lost_build(seen, now) is False
+        assert await app.service.fail_lost_build(seen) is False
         assert (await row(app, sandbox.id)).status == "building"
 
 
@@ -326,5 +325,5 @@ async def test_two_replicas_sync_one_at_a_time(
     tmp_path: Path, pg_backend: Backend, clock: ManualClock
 ) -> None:
     async with replicas(make_settings(tmp_path, pg_backend), clock) as (a, b):
-        results = await asyncio.gather(a.app.state.reaper.sync(), b.app.state.reaper.sync())
+        results = await asyncio.gather(a.services.reaper.sync(), b.services.reaper.sync())
         assert sorted("skipped" in r for r in results) == [False, True]

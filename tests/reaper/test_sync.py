@@ -44,7 +44,7 @@ def labels(settings: Settings, sandbox_id: str, *, deployment: str | None = None
 
 
 async def listed(app: Running) -> set[str]:
-    found = await app.app.state.provider.list_sandboxes({"midori-preview": "1"})
+    found = await app.services.provider.list_sandboxes({"midori-preview": "1"})
     return {i.provider_id for i in found}
 
 
@@ -54,7 +54,7 @@ async def test_an_orphan_sandbox_is_deleted_once_past_the_grace_period(
     clock = ManualClock()
     settings = make_settings(tmp_path, pg_backend, log_level="INFO", orphan_grace_seconds=600)
     async with running_app(settings, clock=clock) as app:
-        provider = app.app.state.provider
+        provider = app.services.provider
         known = await create_running(app, "site")
         finished = await create_running(app, "old", user="bob")
         await stop(app, finished, user="bob")
@@ -74,12 +74,12 @@ async def test_an_orphan_sandbox_is_deleted_once_past_the_grace_period(
         ):
             await provider.create(spec, timeout=30)
 
-        assert (await app.app.state.reaper.sync()).get("orphans", 0) == 0  # too young
+        assert (await app.services.reaper.sync()).get("orphans", 0) == 0  # too young
         clock.advance(599)
-        assert (await app.app.state.reaper.sync()).get("orphans", 0) == 0
+        assert (await app.services.reaper.sync()).get("orphans", 0) == 0
         clock.advance(60)  # well past the grace period
         with captured_logs() as logs:
-            counts = await app.app.state.reaper.sync()
+            counts = await app.services.reaper.sync()
         assert counts["orphans"] == 2
         assert await listed(app) == {known, "foreign000000000"}
         assert {e["provider_id"] for e in events(logs, "cleanup.orphan")} == {
@@ -103,23 +103,23 @@ async def test_a_vanished_provider_sandbox_closes_its_row_as_lost_and_frees_the_
         clock.advance(120)
         await heartbeat(app, sandbox_id)
         # Deleted behind the service's back (provider-side auto-stop, an operator, a host crash).
-        await app.app.state.provider.delete(ProviderSandbox("local", sandbox_id, sandbox_id, ""))
+        await app.services.provider.delete(ProviderSandbox("local", sandbox_id, sandbox_id, ""))
         assert (await create(app, "other")).status_code == 409
 
         with captured_logs() as logs:
-            counts = await app.app.state.reaper.sync()
+            counts = await app.services.reaper.sync()
         assert counts["lost"] == 1
         lost = await status(app, sandbox_id)
         assert (lost["status"], lost["reason"]) == ("stopped", "lost")
         assert events(logs, "cleanup.lost", sandbox_id=sandbox_id)
-        assert await app.app.state.quota.slot_holders("alice") == []
+        assert await app.services.quota.slot_holders("alice") == []
         assert (await heartbeat(app, sandbox_id)).json()["error"]["reason"] == "lost"
         assert await ledger_total(app) == 120
 
         res = await create(app, "other")
         assert res.status_code == 202, res.text
         await app.wait_until(res.json()["sandboxId"], "running")
-        assert (await app.app.state.reaper.sync()).get("lost", 0) == 0
+        assert (await app.services.reaper.sync()).get("lost", 0) == 0
 
 
 @asynccontextmanager
@@ -146,7 +146,7 @@ async def test_a_redis_flush_mid_run_is_repaired_by_sync_with_nobody_over_the_ca
     tmp_path: Path, backend: Backend, clock: ManualClock
 ) -> None:
     async with flushable_app(tmp_path, backend, clock) as app:
-        quota = app.app.state.quota
+        quota = app.services.quota
         alice = await create_running(app, "site")
         bob = await create_running(app, "site", user="bob")
         clock.advance(120)
@@ -156,12 +156,12 @@ async def test_a_redis_flush_mid_run_is_repaired_by_sync_with_nobody_over_the_ca
         ghost = await quota.acquire_slot("carol", "ghost", limit=1, lease_seconds=600)
         assert ghost.granted  # a slot whose sandbox Postgres never recorded
 
-        await app.app.state.redis.flushall()
+        await app.services.redis.flushall()
         assert await quota.slot_holders("alice") == []
         assert await mirror(app, "alice", DAY) is None
         await quota.acquire_slot("carol", "ghost", limit=1, lease_seconds=600)
 
-        counts = await app.app.state.reaper.sync()
+        counts = await app.services.reaper.sync()
         assert counts["usageMirrors"] == 2
         assert await quota.slot_holders("alice") == [alice]
         assert await quota.slot_holders("bob") == [bob]
@@ -184,9 +184,9 @@ async def test_the_scheduled_tick_syncs_when_a_sync_is_due(
 ) -> None:
     settings = make_settings(tmp_path, pg_backend, reaper_sync_interval_seconds=300)
     async with running_app(settings, clock=clock) as app:
-        reaper = app.app.state.reaper
+        reaper = app.services.reaper
         sandbox_id = await create_running(app, "site")
-        await app.app.state.provider.delete(ProviderSandbox("local", sandbox_id, sandbox_id, ""))
+        await app.services.provider.delete(ProviderSandbox("local", sandbox_id, sandbox_id, ""))
 
         first = await reaper.tick()
         assert first is not None
@@ -205,25 +205,25 @@ async def test_a_rebuild_landing_between_a_creates_slot_and_its_row_keeps_that_s
     """Another replica's sync runs while a create holds its new slot but has not yet written the
     row: the rebuild must not free that slot (else a second create would get one too)."""
     async with running_app(make_settings(tmp_path, backend), clock=clock) as app:
-        repo = app.app.state.repo
-        insert = repo.insert_sandbox
+        repo = app.services.db.sandboxes
+        insert = repo.insert
         rebuilds: list[asyncio.Task[dict[str, int]]] = []
 
         async def insert_after_a_rebuild(*args: Any, **kwargs: Any) -> Any:
-            task = asyncio.create_task(app.app.state.reaper.rebuild_redis())
+            task = asyncio.create_task(app.services.reaper.rebuild_redis())
             rebuilds.append(task)
             with contextlib.suppress(TimeoutError):  # it may wait for this create to finish
                 await asyncio.wait_for(asyncio.shield(task), 0.3)
             return await insert(*args, **kwargs)
 
-        repo.insert_sandbox = insert_after_a_rebuild
+        repo.insert = insert_after_a_rebuild
         res = await create(app, "site")
-        repo.insert_sandbox = insert
+        repo.insert = insert
         assert res.status_code == 202, res.text
         await rebuilds[0]
 
         sandbox_id = res.json()["sandboxId"]
-        assert await app.app.state.quota.slot_holders("alice") == [sandbox_id]
+        assert await app.services.quota.slot_holders("alice") == [sandbox_id]
         assert (await create(app, "other")).status_code == 409
         await app.service.wait_idle()
 
@@ -237,8 +237,8 @@ async def test_a_rebuild_racing_a_charge_leaves_the_mirror_equal_to_the_ledger(
         sandbox_id = await create_running(app, "site")
         clock.advance(120)
         await heartbeat(app, sandbox_id)
-        repo = app.app.state.repo
-        read = repo.usage_by_user_for_day
+        usage = app.services.db.usage
+        read = usage.by_user_for_day
 
         async def read_then_a_heartbeat_lands(day: str) -> dict[str, int]:
             totals = await read(day)
@@ -246,9 +246,9 @@ async def test_a_rebuild_racing_a_charge_leaves_the_mirror_equal_to_the_ledger(
             assert (await heartbeat(app, sandbox_id)).status_code == 200
             return dict(totals)
 
-        repo.usage_by_user_for_day = read_then_a_heartbeat_lands
-        await app.app.state.reaper.rebuild_redis()
-        repo.usage_by_user_for_day = read
+        usage.by_user_for_day = read_then_a_heartbeat_lands
+        await app.services.reaper.rebuild_redis()
+        usage.by_user_for_day = read
         assert await ledger_total(app) == 240
         assert await mirror(app, "alice", DAY) == 240
 
@@ -258,7 +258,7 @@ async def test_a_create_between_a_flush_and_the_next_sync_is_held_to_the_limit(
 ) -> None:
     async with flushable_app(tmp_path, pg_backend, clock) as app:
         await create_running(app, "site")
-        await app.app.state.redis.flushall()
+        await app.services.redis.flushall()
         res = await create(app, "other")
         await app.service.wait_idle()
         assert res.status_code == 409

@@ -98,7 +98,7 @@ async def who(app: Running, jar: list[dict[str, str]], method: str = "GET") -> P
         "scheme": "http",
         "server": ("localhost", 8000),
     }
-    principal: Principal = await app.app.state.authenticator.authenticate(Request(scope))
+    principal: Principal = await app.services.authenticator.authenticate(Request(scope))
     return principal
 
 

@@ -1,4 +1,4 @@
-"""ORM tables. All SQL lives in this package; services use the repositories in `repo.py`."""
+"""ORM tables. All SQL lives in this package; services use its per-domain repositories."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from midori_preview.previews.states import SandboxStatus
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -49,6 +51,20 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class StatusType(TypeDecorator[SandboxStatus]):
+    """A sandbox's state: the enum in Python, its value in a VARCHAR(16) column (an unknown value
+    is refused on the way in and on the way out)."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else SandboxStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> SandboxStatus | None:
+        return None if value is None else SandboxStatus(value)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON}
@@ -66,7 +82,7 @@ class Sandbox(Base):
     source_kind: Mapped[str] = mapped_column(String(16))
     source_digest: Mapped[str] = mapped_column(String(64))
     template: Mapped[str | None] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[SandboxStatus] = mapped_column(StatusType())
     reason: Mapped[str | None] = mapped_column(String(64))
     port: Mapped[int] = mapped_column(Integer)
     preview_url: Mapped[str | None] = mapped_column(Text)

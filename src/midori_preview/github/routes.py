@@ -7,11 +7,11 @@ import json
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Request
+from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from midori_preview.auth import Principal, current_user
+from midori_preview.deps import GitHubDep, User
 from midori_preview.errors import (
     PayloadTooLarge,
     Unauthorized,
@@ -22,7 +22,6 @@ from midori_preview.errors import (
 )
 from midori_preview.github.errors import WebhookRejected
 from midori_preview.github.schemas import RepoCreated, RepoCreateIn, WebhookReceipt
-from midori_preview.github.service import GitHubService
 from midori_preview.github.signature import signature_ok
 from midori_preview.previews.schemas import EXAMPLE_SANDBOX_ID
 
@@ -49,15 +48,6 @@ WEBHOOK_EXAMPLE = {
     "repository": {"full_name": "octo-org/site"},
     "installation": {"id": 41234567},
 }
-
-
-def service(request: Request) -> GitHubService:
-    svc: GitHubService = request.app.state.github
-    return svc
-
-
-Svc = Annotated[GitHubService, Depends(service)]
-User = Annotated[Principal, Depends(current_user)]
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
@@ -121,7 +111,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 )
 async def github_webhook(
     request: Request,
-    svc: Svc,
+    svc: GitHubDep,
     x_github_event: Annotated[str | None, Header()] = None,
     x_github_delivery: Annotated[str | None, Header()] = None,
     x_hub_signature_256: Annotated[str | None, Header()] = None,
@@ -185,7 +175,9 @@ async def github_webhook(
         ),
     },
 )
-async def review_link(svc: Svc, link: Annotated[str, Path(max_length=1024)]) -> RedirectResponse:
+async def review_link(
+    svc: GitHubDep, link: Annotated[str, Path(max_length=1024)]
+) -> RedirectResponse:
     """The stable preview link of a pull request: each visit hands out a fresh, short-lived
     preview URL, for as long as the pull request is open."""
     url = await svc.review_url(link)
@@ -260,7 +252,7 @@ async def review_link(svc: Svc, link: Annotated[str, Path(max_length=1024)]) -> 
         ),
     },
 )
-async def create_preview_repo(body: RepoCreateIn, user: User, svc: Svc) -> RepoCreated:
+async def create_preview_repo(body: RepoCreateIn, user: User, svc: GitHubDep) -> RepoCreated:
     """Create a GitHub repository (yours or `org`'s) holding the project's files and a README
     on branch `preview`. The files come from `sandboxId` (a running preview of yours),
     `projectId` alone (your newest running preview of it), or `projectId` + `promptJson` /

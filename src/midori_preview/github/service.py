@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from redis.exceptions import LockError, RedisError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from midori_preview.clock import Clock
+from midori_preview.db.github import GitHubRepository
 from midori_preview.db.models import GitHubPreview
 from midori_preview.errors import (
     ConcurrencyLimit,
@@ -47,17 +46,17 @@ from midori_preview.github.errors import (
 )
 from midori_preview.github.gitpush import RepoExporter
 from midori_preview.github.payloads import Build, Close, Ignore, Policy, Target, decide
-from midori_preview.github.repo import GitHubStore
 from midori_preview.github.signature import LinkSigner, derive_key
 from midori_preview.logging import get_logger
 from midori_preview.previews.schemas import CreatePreview, GitIn, PreviewStatus
 from midori_preview.previews.service import PreviewService
+from midori_preview.previews.states import LIVE, SETTLED, SandboxStatus
 from midori_preview.settings import Settings
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
-SETTLED = frozenset({"running", "error", "stopped"})
+S = SandboxStatus
 LOCK_SECONDS = 300
 LOCK_WAIT_SECONDS = 120
 DELIVERY_RETENTION = timedelta(days=7)
@@ -81,7 +80,7 @@ class GitHubService:
         *,
         settings: Settings,
         previews: PreviewService,
-        store: GitHubStore,
+        store: GitHubRepository,
         client: GitHubClient,
         events: EventBus,
         clock: Clock,
@@ -103,8 +102,7 @@ class GitHubService:
         )
         self.clone_base = settings.github_clone_base_url.rstrip("/")
         self._tasks: set[asyncio.Task[None]] = set()  # webhook work: wait_idle() waits for it
-        self._background: set[asyncio.Task[None]] = set()  # loops: only cancelled
-        self._pruned_at = 0.0
+        self._pruned_at: float | None = None  # clock.monotonic() of the last delivery prune
 
     @classmethod
     def from_settings(
@@ -112,7 +110,7 @@ class GitHubService:
         settings: Settings,
         *,
         previews: PreviewService,
-        sessions: async_sessionmaker[AsyncSession],
+        store: GitHubRepository,
         events: EventBus,
         clock: Clock,
     ) -> GitHubService:
@@ -140,30 +138,16 @@ class GitHubService:
         elif s.github_webhook_secret is not None:
             key = derive_key(s.github_webhook_secret.get_secret_value().encode(), "review-link")
         exporter = RepoExporter(settings=s, previews=previews, client=client)
-        service = cls(
+        return cls(
             settings=s,
             previews=previews,
-            store=GitHubStore(sessions),
+            store=store,
             client=client,
             events=events,
             clock=clock,
             links=LinkSigner(key) if key else None,
             exporter=exporter,
         )
-        if s.reaper_enabled and s.github_webhook_secret is not None:
-            service.start_reconciler(max(s.reaper_interval_seconds * 2, 10))
-        return service
-
-    def start_reconciler(self, every: float) -> None:
-        """Run `reconcile()` every `every` seconds until `aclose()`."""
-        self._spawn(self._reconcile_forever(every), name="github:reconcile", background=True)
-
-    async def stop_reconciler(self) -> None:
-        """Stop the background reconciler (work already admitted goes on)."""
-        tasks = list(self._background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def webhook_secret(self) -> bytes | None:
@@ -172,13 +156,10 @@ class GitHubService:
 
     # --- tasks ------------------------------------------------------------------------------
 
-    def _spawn(
-        self, work: Coroutine[Any, Any, None], name: str, *, background: bool = False
-    ) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
-        tasks = self._background if background else self._tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def wait_idle(self) -> None:
         """Wait until no webhook work runs in this process (tests and graceful shutdown)."""
@@ -187,7 +168,7 @@ class GitHubService:
 
     async def aclose(self) -> None:
         """Cancel the work in flight and close the GitHub client (idempotent)."""
-        tasks = [*self._tasks, *self._background]
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -231,8 +212,8 @@ class GitHubService:
         return Receipt("accepted")
 
     def _maybe_prune(self) -> None:
-        now = time.monotonic()
-        if now - self._pruned_at < PRUNE_EVERY_SECONDS:
+        now = self.clock.monotonic()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY_SECONDS:
             return
         self._pruned_at = now
 
@@ -377,13 +358,13 @@ class GitHubService:
             if row is None or row.sandbox_id != sandbox_id:
                 return  # a newer commit took over
             if not (
-                row.state == "building" or (row.state == "ready" and status.status != "running")
+                row.state == "building" or (row.state == "ready" and status.status != S.RUNNING)
             ):
                 return  # already told (or closed)
             now = self.clock.now()
             inst = row.installation_id
             dep = row.deployment_id
-            if status.status == "running":
+            if status.status == S.RUNNING:
                 link = self.review_link(target)
                 await self.store.update(
                     target.repo, target.key, sandbox_id=sandbox_id, state="ready", updated_at=now
@@ -395,7 +376,7 @@ class GitHubService:
                 if dep is not None:
                     await self._status(target.repo, dep, "success", inst, "Ready", link)
                 log.info("github.preview_ready", repo=target.repo, target=target.key)
-            elif status.status == "error" and row.state == "building":
+            elif status.status == S.ERROR and row.state == "building":
                 err = status.error
                 step = err.step if err else None
                 await self.store.update(
@@ -444,20 +425,12 @@ class GitHubService:
             if row.sandbox_id is None:
                 continue
             settled = await self._settled(row.sandbox_id)
-            if settled is None or (row.state == "ready" and settled.status == "running"):
+            if settled is None or (row.state == "ready" and settled.status == S.RUNNING):
                 continue
             target = Target(row.repo, row.target, row.pr_number, row.branch)
             await self._settle(target, row.sandbox_id, settled)
             done += 1
         return done
-
-    async def _reconcile_forever(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("github.reconcile_failed")
 
     async def _wait_settled(self, sandbox_id: str) -> PreviewStatus | None:
         """The sandbox once it is running, failed or stopped — from its event stream, with a
@@ -556,7 +529,7 @@ class GitHubService:
                 "The preview is still being built; try again in a moment.",
                 headers={"Retry-After": "5"},
             )
-        if status is not None and status.status == "error" and row.state == "building":
+        if status is not None and status.status == S.ERROR and row.state == "building":
             raise PreviewFailed(f"The preview of {row.head_sha[:7]} failed to build.")
         raise PreviewGone("This preview was stopped; push a commit to rebuild it.")
 
@@ -569,7 +542,7 @@ class GitHubService:
             status = await self.previews.status(sandbox_id, None)
         except SandboxNotFound:
             return False
-        return status.status not in ("stopping", "stopped", "error")
+        return status.status in LIVE
 
     async def _stop(self, sandbox_id: str, reason: str) -> None:
         try:

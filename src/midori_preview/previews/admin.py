@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
-from midori_preview.db.repo import BUILDING, Repository
+from midori_preview.db.sandboxes import SandboxRepository
+from midori_preview.db.usage import UsageRepository
 from midori_preview.errors import ValidationFailed
-from midori_preview.previews.reaper import Reaper
+from midori_preview.previews.reaper import REAPER_JOB, Reaper
+from midori_preview.previews.states import BUILDING, SandboxStatus
 from midori_preview.usage import day_of
+
+S = SandboxStatus
 
 # Bounds that keep day arithmetic and timezone conversion far from date.min/date.max.
 REPORT_FIRST_DAY = date(2000, 1, 1)
@@ -17,29 +22,39 @@ REPORT_LAST_DAY = date(9000, 12, 31)
 
 
 class AdminService:
-    def __init__(self, *, repo: Repository, reaper: Reaper, scheduler: Any | None) -> None:
-        self.repo = repo
+    def __init__(
+        self,
+        *,
+        sandboxes: SandboxRepository,
+        usage: UsageRepository,
+        reaper: Reaper,
+        scheduler: Any | None,
+        tz: ZoneInfo,
+    ) -> None:
+        self.sandbox_rows = sandboxes
+        self.usage = usage
         self.reaper = reaper
         self.scheduler = scheduler  # APScheduler, or None when REAPER_ENABLED=false
+        self.tz = tz  # USAGE_TIMEZONE: where a report's days start
 
     def _next_run(self) -> datetime | None:
         if self.scheduler is None:
             return None
-        job = self.scheduler.get_job("reaper")
+        job = self.scheduler.get_job(REAPER_JOB)
         return job.next_run_time if job is not None else None
 
     async def stats(self) -> dict[str, Any]:
-        counts = await self.repo.status_counts()
+        counts = await self.sandbox_rows.status_counts()
         state = await self.reaper.last_run()
         paused = bool(state.get("paused", False))
         next_run = self._next_run()
         return {
             "total": sum(counts.values()),
-            "running": counts.get("running", 0),
-            "stopped": counts.get("stopped", 0),
-            "stopping": counts.get("stopping", 0),
-            "creating": sum(counts.get(s, 0) for s in BUILDING),
-            "error": counts.get("error", 0),
+            S.RUNNING: counts.get(S.RUNNING, 0),
+            S.STOPPED: counts.get(S.STOPPED, 0),
+            S.STOPPING: counts.get(S.STOPPING, 0),
+            S.CREATING: sum(counts.get(s, 0) for s in BUILDING),  # every building state
+            S.ERROR: counts.get(S.ERROR, 0),
             "isServiceRunning": self.scheduler is not None and not paused,
             "paused": paused,
             "lastRunAt": state.get("lastRunAt"),
@@ -78,12 +93,14 @@ class AdminService:
                 "lastHeartbeatAt": r.last_heartbeat_at.isoformat() if r.last_heartbeat_at else None,
                 "visible": r.visible,
             }
-            for r in await self.repo.active_rows()
+            for r in await self.sandbox_rows.active_rows()
         ]
 
     async def usage_report(
-        self, day_from: date, day_to: date, group_by: Literal["user", "project"], tz: Any
+        self, day_from: date, day_to: date, group_by: Literal["user", "project"]
     ) -> dict[str, Any]:
+        """Preview seconds, sandboxes created, stops by reason and commands run, per day."""
+        tz = self.tz
         if day_to < day_from or (day_to - day_from).days > 366:
             raise ValidationFailed("`from` must be before `to`, at most a year apart")
         if day_from < REPORT_FIRST_DAY or day_to > REPORT_LAST_DAY:
@@ -94,13 +111,13 @@ class AdminService:
             lambda: {"previewSeconds": 0, "sandboxesCreated": 0, "stoppedByReason": Counter(),
                      "commandsRun": 0}
         )  # fmt: skip
-        for day, key, seconds in await self.repo.usage_report(
+        for day, key, seconds in await self.usage.report(
             day_from.isoformat(), day_to.isoformat(), group_by
         ):
             rows[(day, key)]["previewSeconds"] += int(seconds)
         start = datetime.combine(day_from, datetime.min.time(), tzinfo=tz)
         end = datetime.combine(day_to + timedelta(days=1), datetime.min.time(), tzinfo=tz)
-        for sb in await self.repo.sandbox_rows_between(start, end):
+        for sb in await self.sandbox_rows.rows_between(start, end):
             key = sb.user_id if group_by == "user" else sb.project_id
             if start <= sb.created_at < end:
                 entry = rows[(day_of(sb.created_at, tz), key)]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
-from midori_preview.auth import Principal, current_admin
+from midori_preview.deps import AdminDep, AdminUser
 from midori_preview.errors import (
     Responses,
     error_body,
@@ -17,11 +17,11 @@ from midori_preview.errors import (
     invalid_request,
     validation_error_body,
 )
-from midori_preview.previews.admin import AdminService
 from midori_preview.previews.schemas import EXAMPLE_SANDBOX_ID
+from midori_preview.previews.states import SandboxStatus
 
+S = SandboxStatus
 router = APIRouter(prefix="/api/preview", tags=["admin"])
-Admin = Annotated[Principal, Depends(current_admin)]
 ADMIN_ONLY: Responses = {
     **error_response(
         401, "unauthorized", "Missing bearer token.", "Not authenticated (`unauthorized`)."
@@ -40,11 +40,11 @@ STATS_EXAMPLE = {
     "success": True,
     "stats": {
         "total": 14,
-        "running": 3,
-        "stopped": 9,
-        "stopping": 0,
-        "creating": 1,
-        "error": 1,
+        S.RUNNING: 3,
+        S.STOPPED: 9,
+        S.STOPPING: 0,
+        S.CREATING: 1,
+        S.ERROR: 1,
         "isServiceRunning": True,
         "paused": False,
         "lastRunAt": "2025-06-12T09:41:00+00:00",
@@ -62,7 +62,7 @@ SANDBOXES_EXAMPLE = {
             "userId": "alice",
             "projectId": "demo-cafe",
             "kind": "user",
-            "status": "running",
+            "status": S.RUNNING,
             "reason": None,
             "createdAt": "2025-06-12T09:30:00+00:00",
             "readyAt": "2025-06-12T09:30:04+00:00",
@@ -74,7 +74,7 @@ SANDBOXES_EXAMPLE = {
             "userId": "github",
             "projectId": "gh:octo-org:site:pr:7",
             "kind": "github",
-            "status": "stopped",
+            "status": S.STOPPED,
             "reason": "pr_closed",
             "createdAt": "2025-06-12T08:02:11+00:00",
             "readyAt": "2025-06-12T08:02:40+00:00",
@@ -99,14 +99,6 @@ REPORT_EXAMPLE = {
 }  # fmt: skip
 
 
-def admin_service(request: Request) -> AdminService:
-    svc: AdminService = request.app.state.admin
-    return svc
-
-
-Svc = Annotated[AdminService, Depends(admin_service)]
-
-
 class CleanupIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"action": "cleanup"}]}
@@ -118,7 +110,7 @@ class CleanupIn(BaseModel):
     "/cleanup",
     responses={**ok("Sandbox counts and the reaper's state.", stats=STATS_EXAMPLE), **ADMIN_ONLY},
 )
-async def cleanup_stats(_: Admin, svc: Svc) -> dict[str, Any]:
+async def cleanup_stats(_: AdminUser, svc: AdminDep) -> dict[str, Any]:
     """Sandbox counts and the reaper's state (last/next run, last pass counts)."""
     return {"success": True, "stats": await svc.stats()}
 
@@ -155,7 +147,7 @@ async def cleanup_stats(_: Admin, svc: Svc) -> dict[str, Any]:
         ),
     },
 )
-async def cleanup_action(body: CleanupIn, _: Admin, svc: Svc) -> dict[str, Any]:
+async def cleanup_action(body: CleanupIn, _: AdminUser, svc: AdminDep) -> dict[str, Any]:
     """`start`/`stop` resume/pause the reaper on every replica; `cleanup` runs a pass now;
     `sync` reconciles with the provider and rebuilds Redis; `memory` prunes ephemeral state."""
     result = await svc.act(body.action)
@@ -169,7 +161,7 @@ async def cleanup_action(body: CleanupIn, _: Admin, svc: Svc) -> dict[str, Any]:
         **ADMIN_ONLY,
     },
 )
-async def admin_sandboxes(_: Admin, svc: Svc) -> dict[str, Any]:
+async def admin_sandboxes(_: AdminUser, svc: AdminDep) -> dict[str, Any]:
     """Every sandbox in the active view (newest first)."""
     return {"sandboxes": await svc.sandboxes()}
 
@@ -188,13 +180,11 @@ async def admin_sandboxes(_: Admin, svc: Svc) -> dict[str, Any]:
     },
 )
 async def usage_report(
-    request: Request,
-    _: Admin,
-    svc: Svc,
+    _: AdminUser,
+    svc: AdminDep,
     day_from: Annotated[date, Query(alias="from")],
     day_to: Annotated[date, Query(alias="to")],
     group_by: Annotated[Literal["user", "project"], Query(alias="groupBy")] = "user",
 ) -> dict[str, Any]:
     """Preview seconds, sandboxes created, stops by reason and commands run, per day."""
-    tz = request.app.state.previews.tz
-    return await svc.usage_report(day_from, day_to, group_by, tz)
+    return await svc.usage_report(day_from, day_to, group_by)

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from redis.exceptions import RedisError
 
 from midori_preview.db.models import Sandbox
-from midori_preview.db.repo import Repository
+from midori_preview.db.usage import LedgerEntry, UsageRepository
 from midori_preview.logging import get_logger
 from midori_preview.quota.service import QuotaService
 from midori_preview.settings import Settings
@@ -30,7 +30,7 @@ log = get_logger(__name__)
 class Charge:
     seconds: int
     charged_until: datetime
-    entries: list[tuple[str, str, str, int]]  # (user, project, day, seconds) for the ledger
+    entries: list[LedgerEntry]  # what the ledger is charged
     exhausted: bool  # today's cap is reached
     total_today: int  # the user's usage today including this charge
     reserved: list[tuple[str, int]] = field(default_factory=list)  # (day, seconds) in Redis
@@ -41,12 +41,12 @@ class Charger:
         self,
         *,
         settings: Settings,
-        repo: Repository,
+        usage: UsageRepository,
         quota: QuotaService,
         tz: ZoneInfo,
         slot_lease_seconds: int,
     ) -> None:
-        self.repo = repo
+        self.usage = usage
         self.quota = quota
         self.tz = tz
         self.cap = settings.daily_usage_cap_seconds
@@ -58,10 +58,10 @@ class Charger:
         alone when Redis is unreachable."""
         try:
             return await self.quota.used_seconds(
-                user_id, day, lambda: self.repo.used_seconds(user_id, day)
+                user_id, day, lambda: self.usage.used_seconds(user_id, day)
             )
         except RedisError:
-            return await self.repo.used_seconds(user_id, day)
+            return await self.usage.used_seconds(user_id, day)
 
     async def plan(self, row: Sandbox, now: datetime, *, renew_slot: bool) -> Charge:
         """Reserve what `row` owes up to `now` (and renew its slot in the same Redis call)."""
@@ -80,7 +80,7 @@ class Charger:
         if today not in (day for day, _ in parts):
             parts.append((today, 0))  # still renews the slot and reads today's total
         renew = (row.user_id, row.id, self.slot_lease_seconds) if renew_slot else None
-        entries: list[tuple[str, str, str, int]] = []
+        entries: list[LedgerEntry] = []
         reserved: list[tuple[str, int]] = []
         total_today = 0
         for day, part in parts:
@@ -112,7 +112,7 @@ class Charger:
             res = await self.quota.reserve_usage(user_id, day, seconds, cap=self.cap, renew=renew)
             if res is None:  # Redis lost the mirror: rebuild it from the ledger, then reserve
                 await self.quota.raise_usage(
-                    user_id, day, await self.repo.used_seconds(user_id, day)
+                    user_id, day, await self.usage.used_seconds(user_id, day)
                 )
                 res = await self.quota.reserve_usage(
                     user_id, day, seconds, cap=self.cap, renew=renew
@@ -121,7 +121,7 @@ class Charger:
                 return res[0], res[1], True
         except RedisError:
             log.warning("quota.unreachable_charging_from_postgres", user_id=user_id)
-        used = await self.repo.used_seconds(user_id, day)
+        used = await self.usage.used_seconds(user_id, day)
         granted = max(min(seconds, self.cap - used), 0)
         return granted, used + granted, False
 

@@ -1,9 +1,10 @@
 """The build pipeline: create → upload (or clone) → install → build → start → probe → running.
 
-Every step has its own timeout, streams its output as `log` events and moves the row with a
-compare-and-set; when a CAS fails, someone stopped the sandbox meanwhile and the pipeline only
-cleans up what it made. A failed step ends in `error` with step, exit code and log tail, and the
-provider sandbox is deleted."""
+Every step has its own timeout, streams its output as `log` events and moves the row through
+`Transitions` (a compare-and-set); when a move fails, someone stopped the sandbox meanwhile and
+the pipeline only cleans up what it made. A failed step ends in `error` with step, exit code and
+log tail, and the provider sandbox is deleted; `failure_of` is the one mapping from an error to
+that row."""
 
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ import contextlib
 import shlex
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from midori_preview.clock import Clock
-from midori_preview.db.repo import Repository
+from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.errors import ServiceError, ValidationFailed
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
 from midori_preview.previews.build_cache import BuildCache
 from midori_preview.previews.sources import DETECT, BuildPlan, detected_commands
+from midori_preview.previews.states import BUILDING, SandboxStatus
+from midori_preview.previews.transitions import Transitions
 from midori_preview.providers.base import (
     CommandTimeout,
     FileData,
@@ -52,10 +55,33 @@ class PipelineSettings:
     probe_interval: float = 0.025  # a refused loopback connect costs ~0.1 ms
 
 
+S = SandboxStatus
+
+
 @dataclass
-class _Progress:
-    status: str = "requested"
+class _Build:
+    """One build in flight: where it is, what it made, what it printed."""
+
+    sandbox_id: str
+    plan: BuildPlan
+    status: SandboxStatus = S.REQUESTED
+    step: str = "create"
     commands: int = 0
+    handle: ProviderSandbox | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL))
+
+    @property
+    def sandbox(self) -> ProviderSandbox:
+        assert self.handle is not None, "the sandbox is created first"
+        return self.handle
+
+
+@dataclass(frozen=True, slots=True)
+class _Commands:
+    install: str | None
+    build: str | None
+    start: str | None
+    port: int
 
 
 class StepFailed(ServiceError):
@@ -94,159 +120,151 @@ class Pipeline:
         *,
         cache: BuildCache | None = None,
         provider: SandboxProvider,
-        repo: Repository,
+        sandboxes: SandboxRepository,
+        transitions: Transitions,
         events: EventBus,
         clock: Clock,
         settings: PipelineSettings,
         replica_id: str,
-        on_finished: Callable[[str, str, str | None], Awaitable[None]],
+        on_failed: Callable[[str], Awaitable[None]],
     ) -> None:
         self.cache = cache
         self.provider = provider
-        self.repo = repo
+        self.sandboxes = sandboxes
+        self.transitions = transitions
         self.events = events
         self.clock = clock
         self.settings = settings
         self.replica_id = replica_id
-        self.on_finished = on_finished  # (sandbox id, final status, reason) → free slots etc.
+        self.on_failed = on_failed  # (sandbox id) → free what the row held (its slot)
 
     async def run(self, sandbox_id: str, spec: SandboxSpec, plan: BuildPlan) -> None:
-        tail: deque[str] = deque(maxlen=TAIL)
-        state = _Progress()
-        handle: ProviderSandbox | None = None
+        """Build the sandbox to `running`, or end it in `error` with nothing left behind."""
+        b = _Build(sandbox_id, plan)
         renewer = asyncio.create_task(self._renew_lease(sandbox_id))
-
-        async def advance(to: str, **fields: Any) -> None:
-            moved = await self.repo.transition(
-                sandbox_id,
-                from_status=(state.status,),
-                to_status=to,
-                now=self.clock.now(),
-                logs_tail=list(tail),
-                commands_run=state.commands,
-                **fields,
-            )
-            if not moved:
-                raise Superseded
-            state.status = to
-            await self.events.publish(sandbox_id, "status", {"status": to})
-
-        def output(step: str) -> Callable[[str, str], Awaitable[None]]:
-            async def on_line(line: str, stream: str) -> None:
-                tail.append(line)
-                await self.events.publish(
-                    sandbox_id, "log", {"step": step, "stream": stream, "line": line}
-                )
-
-            return on_line
-
-        async def command(step: str, cmd: str, timeout: float) -> list[str]:
-            state.commands += 1
-            try:
-                result = await self.provider.exec(
-                    handle,  # type: ignore[arg-type]
-                    cmd,
-                    timeout=timeout,
-                    env={"PORT": str(plan.port)},
-                    on_output=output(step),
-                )
-            except CommandTimeout:
-                raise StepFailed(
-                    step, f"{step} timed out after {timeout:g}s", code="step_timeout"
-                ) from None
-            if result.exit_code != 0:
-                raise StepFailed(step, f"{step} failed", result.exit_code)
-            return list(result.output_tail)
-
-        step = "create"
         try:
-            await advance("creating")
-            try:
-                async with asyncio.timeout(self.settings.create_timeout):
-                    handle = await self.provider.create(spec, timeout=self.settings.create_timeout)
-            except TimeoutError:
-                raise StepFailed(
-                    step, "sandbox creation timed out", code="provider_timeout"
-                ) from None
-            step = "upload"
-            await advance("uploading", provider_id=handle.provider_id)
-            install, build, start, port = plan.install, plan.build, plan.start, plan.port
-            cached = self.cache.get(plan.cache_key) if self.cache and plan.cache_key else None
-            if plan.git is not None:
-                state.commands += 1
-                await self.provider.clone(
-                    handle, plan.git.url, plan.git.ref, timeout=self.settings.clone_timeout
-                )
-                if start is None:
-                    found = await command("detect", DETECT, self.settings.step_timeout)
-                    d_install, d_build, start, d_port = detected_commands(found)
-                    install, build = install or d_install, build or d_build
-                    port = d_port or port
-            else:
-                files = plan.files
-                if cached is not None:  # built before: its output + this request's data
-                    files = [FileData(f"{plan.output_dir}/{f.path}", f.content) for f in cached]
-                    files += plan.overlay
-                    install = build = None
-                    await output("upload")(f"reusing the build of {plan.cache_key}", "stdout")
-                async with asyncio.timeout(self.settings.upload_timeout):
-                    await self.provider.upload(handle, files)
-            if install:
-                step = "install"
-                await advance("installing")
-                await command(step, install, self.settings.step_timeout)
-            if build:
-                step = "build"
-                await advance("building")
-                await command(step, build, self.settings.step_timeout)
-                if self.cache is not None and plan.cache_key and cached is None:
-                    await self._keep_build(handle, plan, self.cache)
-            step = "start"
-            await advance("starting", port=port)
-            state.commands += 1
-            await self.provider.start_server(
-                handle, start or "", port=port, env={"PORT": str(port)}, on_output=output("start")
-            )
-            await self._probe(handle, port)
-            link = await self.provider.preview_link(
-                handle, port, open_url_ttl_seconds=self.settings.open_url_ttl_seconds
-            )
-            now = self.clock.now()
-            await advance(
-                "running",
-                preview_url=link.url,
-                preview_token=link.token,
-                open_url=link.open_url,
-                open_url_expires_at=link.open_url_expires_at,
-                ready_at=now,
-                charged_until=now,
-                last_heartbeat_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-            log.info("sandbox.running", sandbox_id=sandbox_id, port=port)
+            await self._steps(b, spec)
         except Superseded:
-            log.info("sandbox.build_superseded", sandbox_id=sandbox_id, step=step)
-            await self._delete(handle, sandbox_id)
+            log.info("sandbox.build_superseded", sandbox_id=sandbox_id, step=b.step)
+            await self._delete(b.handle, sandbox_id)
         except asyncio.CancelledError:
             await asyncio.shield(
-                self._fail(
-                    sandbox_id, state, tail, handle, "shutdown", "cancelled", code="shutdown"
-                )
+                self._fail(b, StepFailed("shutdown", "cancelled", code="shutdown"))
             )
             raise
         except Exception as exc:
-            failed = failure_of(exc, step)
+            failed = failure_of(exc, b.step)
             if failed.code == "internal_error":  # none of ours: a bug, with its traceback
-                log.exception("sandbox.build_crashed", sandbox_id=sandbox_id, step=step)
-            await self._fail(
-                sandbox_id, state, tail, handle, failed.step, failed.message, failed.exit_code,
-                failed.code,
-            )  # fmt: skip
+                log.exception("sandbox.build_crashed", sandbox_id=sandbox_id, step=b.step)
+            await self._fail(b, failed)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+
+    async def _steps(self, b: _Build, spec: SandboxSpec) -> None:
+        await self._advance(b, S.CREATING)
+        try:
+            async with asyncio.timeout(self.settings.create_timeout):
+                b.handle = await self.provider.create(spec, timeout=self.settings.create_timeout)
+        except TimeoutError:
+            raise StepFailed(
+                b.step, "sandbox creation timed out", code="provider_timeout"
+            ) from None
+        b.step = "upload"
+        await self._advance(b, S.UPLOADING, provider_id=b.sandbox.provider_id)
+        cmds, cached = await self._source(b)
+        if cmds.install:
+            b.step = "install"
+            await self._advance(b, S.INSTALLING)
+            await self._command(b, b.step, cmds.install, self.settings.step_timeout)
+        if cmds.build:
+            b.step = "build"
+            await self._advance(b, S.BUILDING)
+            await self._command(b, b.step, cmds.build, self.settings.step_timeout)
+            if self.cache is not None and b.plan.cache_key and not cached:
+                await self._keep_build(b.sandbox, b.plan, self.cache)
+        b.step = "start"
+        port = cmds.port
+        await self._advance(b, S.STARTING, port=port)
+        b.commands += 1
+        await self.provider.start_server(
+            b.sandbox, cmds.start or "", port=port, env={"PORT": str(port)},
+            on_output=self._output(b, "start"),
+        )  # fmt: skip
+        await self._probe(b.sandbox, port)
+        link = await self.provider.preview_link(
+            b.sandbox, port, open_url_ttl_seconds=self.settings.open_url_ttl_seconds
+        )
+        now = self.clock.now()
+        await self._advance(
+            b, S.RUNNING, preview_url=link.url, preview_token=link.token,
+            open_url=link.open_url, open_url_expires_at=link.open_url_expires_at, ready_at=now,
+            charged_until=now, last_heartbeat_at=now, lease_owner=None, lease_expires_at=None,
+        )  # fmt: skip
+        log.info("sandbox.running", sandbox_id=b.sandbox_id, port=port)
+
+    async def _source(self, b: _Build) -> tuple[_Commands, bool]:
+        """Put the project into the sandbox (clone, or one bulk upload — of a cached build when
+        there is one): the commands left to run, and whether the cache served it."""
+        plan = b.plan
+        cmds = _Commands(plan.install, plan.build, plan.start, plan.port)
+        if plan.git is not None:
+            b.commands += 1
+            await self.provider.clone(
+                b.sandbox, plan.git.url, plan.git.ref, timeout=self.settings.clone_timeout
+            )
+            if cmds.start is not None:
+                return cmds, False
+            found = await self._command(b, "detect", DETECT, self.settings.step_timeout)
+            install, build, start, port = detected_commands(found)
+            return _Commands(
+                cmds.install or install, cmds.build or build, start, port or cmds.port
+            ), False
+        cached = self.cache.get(plan.cache_key) if self.cache and plan.cache_key else None
+        files = plan.files
+        if cached is not None:  # built before: its output + this request's data
+            files = [FileData(f"{plan.output_dir}/{f.path}", f.content) for f in cached]
+            files += plan.overlay
+            cmds = _Commands(None, None, cmds.start, cmds.port)
+            await self._output(b, "upload")(f"reusing the build of {plan.cache_key}", "stdout")
+        async with asyncio.timeout(self.settings.upload_timeout):
+            await self.provider.upload(b.sandbox, files)
+        return cmds, cached is not None
+
+    async def _advance(self, b: _Build, to: SandboxStatus, **fields: Any) -> None:
+        """The next step's state, with the log tail so far; Superseded if the row moved."""
+        moved = await self.transitions.move(
+            b.sandbox_id, (b.status,), to, logs_tail=list(b.tail), commands_run=b.commands,
+            **fields,
+        )  # fmt: skip
+        if not moved:
+            raise Superseded
+        b.status = to
+
+    def _output(self, b: _Build, step: str) -> Callable[[str, str], Awaitable[None]]:
+        async def on_line(line: str, stream: str) -> None:
+            b.tail.append(line)
+            await self.events.publish(
+                b.sandbox_id, "log", {"step": step, "stream": stream, "line": line}
+            )
+
+        return on_line
+
+    async def _command(self, b: _Build, step: str, cmd: str, timeout: float) -> list[str]:
+        b.commands += 1
+        try:
+            result = await self.provider.exec(
+                b.sandbox, cmd, timeout=timeout, env={"PORT": str(b.plan.port)},
+                on_output=self._output(b, step),
+            )  # fmt: skip
+        except CommandTimeout:
+            raise StepFailed(
+                step, f"{step} timed out after {timeout:g}s", code="step_timeout"
+            ) from None
+        if result.exit_code != 0:
+            raise StepFailed(step, f"{step} failed", result.exit_code)
+        return list(result.output_tail)
 
     async def _keep_build(
         self, handle: ProviderSandbox, plan: BuildPlan, cache: BuildCache
@@ -287,7 +305,7 @@ class Pipeline:
         while True:
             await asyncio.sleep(period)
             until = self.clock.now() + timedelta(seconds=self.settings.lease_seconds)
-            if not await self.repo.renew_lease(sandbox_id, self.replica_id, until):
+            if not await self.sandboxes.renew_lease(sandbox_id, self.replica_id, until):
                 return
 
     async def _delete(self, handle: ProviderSandbox | None, sandbox_id: str) -> None:
@@ -299,43 +317,23 @@ class Pipeline:
         except ProviderError as exc:
             log.warning("sandbox.delete_failed", sandbox_id=sandbox_id, code=exc.code)
 
-    async def _fail(
-        self,
-        sandbox_id: str,
-        state: _Progress,
-        tail: deque[str],
-        handle: ProviderSandbox | None,
-        step: str,
-        message: str,
-        exit_code: int | None = None,
-        code: str | None = None,
-    ) -> None:
-        await self._delete(handle, sandbox_id)
+    async def _fail(self, b: _Build, failed: StepFailed) -> None:
+        if b.status not in BUILDING:  # it reached `running`: no build is left to fail
+            return
+        await self._delete(b.handle, b.sandbox_id)
+        step, message, exit_code, code = failed.step, failed.message, failed.exit_code, failed.code
         reason = f"error:{step}"
-        moved = await self.repo.transition(
-            sandbox_id,
-            from_status=(state.status,),
-            to_status="error",
-            now=self.clock.now(),
-            reason=reason,
-            error_step=step,
-            error_message=message,
-            error_code=code or "step_failed",
-            error_exit_code=exit_code,
-            logs_tail=list(tail),
-            commands_run=state.commands,
-            stopped_at=self.clock.now(),
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+        now = self.clock.now()
+        moved = await self.transitions.move(
+            b.sandbox_id, (b.status,), S.ERROR, now=now,
+            announce={"reason": reason, "step": step, "code": code, "message": message,
+                      "exitCode": exit_code},
+            reason=reason, error_step=step, error_message=message, error_code=code,
+            error_exit_code=exit_code, logs_tail=list(b.tail), commands_run=b.commands,
+            stopped_at=now, lease_owner=None, lease_expires_at=None,
+        )  # fmt: skip
         if moved:
             log.warning(
-                "sandbox.build_failed", sandbox_id=sandbox_id, step=step, exit_code=exit_code
+                "sandbox.build_failed", sandbox_id=b.sandbox_id, step=step, exit_code=exit_code
             )
-            await self.events.publish(
-                sandbox_id,
-                "status",
-                {"status": "error", "reason": reason, "step": step, "code": code or "step_failed",
-                 "message": message, "exitCode": exit_code},
-            )  # fmt: skip
-            await self.on_finished(sandbox_id, "error", reason)
+            await self.on_failed(b.sandbox_id)

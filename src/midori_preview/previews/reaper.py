@@ -8,7 +8,6 @@ claimed with a conditional update before the provider is called, so nothing is a
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,13 +17,16 @@ from typing import Any
 from redis.exceptions import LockError, RedisError
 
 from midori_preview.clock import Clock
+from midori_preview.db.idempotency import IdempotencyRepository
 from midori_preview.db.models import Sandbox
-from midori_preview.db.repo import LIVE, Repository
+from midori_preview.db.sandboxes import SandboxRepository
+from midori_preview.db.service_state import ServiceStateRepository
+from midori_preview.db.usage import UsageRepository
 from midori_preview.errors import QuotaUnavailable
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
 from midori_preview.previews.service import PreviewService
-from midori_preview.providers.base import ProviderError, ProviderSandbox, SandboxProvider
+from midori_preview.previews.states import LIVE
 from midori_preview.quota.service import QuotaService
 from midori_preview.settings import Settings
 from midori_preview.usage import day_of
@@ -32,6 +34,7 @@ from midori_preview.usage import day_of
 log = get_logger(__name__)
 
 STATE_KEY = "reaper"
+REAPER_JOB = "reaper"  # the scheduler's job id (admin stats read its next run)
 KEEP_ALIVE_EVERY_SECONDS = 60
 
 
@@ -40,19 +43,23 @@ class Reaper:
         self,
         *,
         settings: Settings,
-        repo: Repository,
+        sandboxes: SandboxRepository,
+        usage: UsageRepository,
+        idempotency: IdempotencyRepository,
+        service_state: ServiceStateRepository,
         quota: QuotaService,
         events: EventBus,
         service: PreviewService,
-        provider: SandboxProvider,
         clock: Clock,
     ) -> None:
         self.settings = settings
-        self.repo = repo
+        self.sandboxes = sandboxes
+        self.usage = usage
+        self.idempotency = idempotency
+        self.service_state = service_state
         self.quota = quota
         self.events = events
-        self.service = service
-        self.provider = provider
+        self.service = service  # every action on a sandbox goes through its public methods
         self.clock = clock
         self.lock_name = f"{quota.prefix}:lock:reaper"
         self._kept_alive: dict[str, float] = {}  # sandbox id → clock.monotonic() of last call
@@ -60,16 +67,16 @@ class Reaper:
     # --- switches shared by all replicas ----------------------------------------------------
 
     async def is_paused(self) -> bool:
-        state = await self.repo.get_state(STATE_KEY) or {}
+        state = await self.service_state.get(STATE_KEY) or {}
         return bool(state.get("paused", False))
 
     async def set_paused(self, paused: bool) -> None:
-        state = await self.repo.get_state(STATE_KEY) or {}
+        state = await self.service_state.get(STATE_KEY) or {}
         state["paused"] = paused
-        await self.repo.set_state(STATE_KEY, state, self.clock.now())
+        await self.service_state.set(STATE_KEY, state, self.clock.now())
 
     async def last_run(self) -> dict[str, Any]:
-        return await self.repo.get_state(STATE_KEY) or {}
+        return await self.service_state.get(STATE_KEY) or {}
 
     # --- passes -----------------------------------------------------------------------------
 
@@ -114,23 +121,23 @@ class Reaper:
 
     async def run_pass(self) -> dict[str, Any]:
         """One cleanup pass now (one replica at a time)."""
-        started = time.perf_counter()
+        started = self.clock.monotonic()
         async with self._exclusive("pass") as mine:
             if not mine:
                 return {"skipped": "another replica is running a pass"}
             counts = await self._pass()
-        counts["durationMs"] = round((time.perf_counter() - started) * 1000, 1)
+        counts["durationMs"] = round((self.clock.monotonic() - started) * 1000, 1)
         log.info("cleanup.pass", **counts)
         state = await self.last_run()
         state.update({"lastRunAt": self.clock.now().isoformat(), "lastRun": counts})
-        await self.repo.set_state(STATE_KEY, state, self.clock.now())
+        await self.service_state.set(STATE_KEY, state, self.clock.now())
         return counts
 
     async def _pass(self) -> dict[str, Any]:
         s = self.settings
         now = self.clock.now()
         counts: Counter[str] = Counter()
-        for row in await self.repo.running_rows():
+        for row in await self.sandboxes.running_rows():
             if row.kind != "user":
                 continue
             seen = row.last_heartbeat_at or row.ready_at or row.created_at
@@ -138,33 +145,35 @@ class Reaper:
             idle = (now - seen).total_seconds()
             # claimed only if no heartbeat arrived since it was read
             fresh = {"last_heartbeat_at": row.last_heartbeat_at}
-            if idle >= allowance and await self._stop(row, "idle", expect=fresh):
+            if idle >= allowance and await self.service.reap(row, "idle", expect=fresh):
                 counts["idle"] += 1
                 log.info(
                     "cleanup.idle", sandbox_id=row.id, idle_seconds=int(idle), visible=row.visible
                 )
             elif idle < allowance and await self._keep_alive(row):
                 counts["keptAlive"] += 1
-        for row in await self.repo.expired_rows(now):
-            if await self._stop(row, "expired"):
+        for row in await self.sandboxes.expired_rows(now):
+            if await self.service.reap(row, "expired"):
                 counts["expired"] += 1
                 log.info("cleanup.expired", sandbox_id=row.id)
-        for row in await self.repo.stale_lease_rows(now):
+        for row in await self.sandboxes.stale_lease_rows(now):
             if row.id in self.service.builds_in_flight():
                 continue  # built in this very process: alive by definition
-            if await self._fail_lost_build(row, now):
+            if await self.service.fail_lost_build(row):
                 counts["leaseLost"] += 1
+                log.warning("cleanup.lease_lost", sandbox_id=row.id, step=row.status)
         stuck_before = now - timedelta(seconds=60)
-        for row in await self.repo.stuck_stopping_rows(stuck_before):
-            await self.service._finish_stop(row)
+        for row in await self.sandboxes.stuck_stopping_rows(stuck_before):
+            await self.service.retry_stop(row)
             counts["stopRetried"] += 1
-        counts["retired"] = await self.repo.retire_stopped(
+        counts["retired"] = await self.sandboxes.retire_stopped(
             now - timedelta(seconds=s.stopped_retention_seconds)
         )
-        # Ephemeral state: idempotency keys here; event streams carry their own Redis TTL
-        # (STATE_RETENTION_SECONDS), and the `memory` action sweeps any left over.
-        counts["idempotencyKeysPruned"] = await self.repo.prune_idempotency(
-            now - timedelta(seconds=s.state_retention_seconds)
+        # Ephemeral state: idempotency keys past IDEMPOTENCY_TTL_SECONDS here; event streams
+        # carry their own Redis TTL (STATE_RETENTION_SECONDS), the `memory` action sweeps any
+        # left over.
+        counts["idempotencyKeysPruned"] = await self.idempotency.prune(
+            now - timedelta(seconds=s.idempotency_ttl_seconds)
         )
         return dict(counts)
 
@@ -177,54 +186,7 @@ class Reaper:
         if last is not None and self.clock.monotonic() - last < KEEP_ALIVE_EVERY_SECONDS:
             return False
         self._kept_alive[row.id] = self.clock.monotonic()
-        try:
-            handle = ProviderSandbox(self.provider.name, row.provider_id, row.id, "")
-            return await self.provider.keep_alive(handle)
-        except ProviderError as exc:
-            log.warning("sandbox.keep_alive_failed", sandbox_id=row.id, code=exc.code)
-            return False
-
-    async def _stop(self, row: Sandbox, reason: str, expect: dict[str, Any] | None = None) -> bool:
-        """Claim the row (CAS to stopping) and stop it; False when another actor got there first."""
-        moved = await self.repo.transition(
-            row.id, from_status=(row.status,), to_status="stopping", now=self.clock.now(),
-            expect=expect, reason=reason, stopped_at=self.clock.now(),
-        )  # fmt: skip
-        if not moved:
-            return False
-        await self.events.publish(row.id, "status", {"status": "stopping", "reason": reason})
-        await self.service.stop(row.id, reason=reason)  # finishes a row already `stopping`
-        return True
-
-    async def _fail_lost_build(self, row: Sandbox, now: datetime) -> bool:
-        moved = await self.repo.transition(
-            row.id, from_status=(row.status,), to_status="error", now=now,
-            expect={"lease_expires_at": row.lease_expires_at},  # not renewed meanwhile
-            reason="error:lease_lost", error_step=row.status,
-            error_message="the replica building this preview stopped", stopped_at=now,
-            lease_owner=None, lease_expires_at=None,
-        )  # fmt: skip
-        if not moved:
-            return False
-        if row.provider_id:
-            await self._delete(row.provider_id, row.id)
-        await self.service._release(row.user_id, row.id)
-        await self.events.publish(
-            row.id, "status", {"status": "error", "reason": "error:lease_lost"}
-        )
-        log.warning("cleanup.lease_lost", sandbox_id=row.id, step=row.status)
-        return True
-
-    async def _delete(self, provider_id: str, sandbox_id: str | None) -> bool:
-        try:
-            await self.provider.delete(
-                ProviderSandbox(self.provider.name, provider_id, sandbox_id or provider_id, "")
-            )
-        except ProviderError as exc:
-            log.warning("sandbox.delete_failed", provider_id=provider_id, code=exc.code)
-            return False
-        log.info("sandbox.deleted", sandbox_id=sandbox_id, provider_id=provider_id)
-        return True
+        return await self.service.keep_alive(row)
 
     # --- reconcile --------------------------------------------------------------------------
 
@@ -240,25 +202,21 @@ class Reaper:
         counts: Counter[str] = Counter()
         now = self.clock.now()
         # Rows first: any row read here got its provider sandbox before the listing below.
-        rows = await self.repo.live_rows()
-        labels = {
-            "midori-preview": "1",
-            "midori-preview/deployment": self.settings.preview_deployment,
-        }
-        listed = await self.provider.list_sandboxes(labels)
+        rows = await self.sandboxes.holding_rows()
+        listed = await self.service.provider_sandboxes()
         listed_ids = {info.provider_id for info in listed}
-        known = await self.repo.live_ids([i.sandbox_id for i in listed if i.sandbox_id])
+        known = await self.sandboxes.holding_ids([i.sandbox_id for i in listed if i.sandbox_id])
         grace = timedelta(seconds=self.settings.orphan_grace_seconds)
         for info in listed:
             if info.sandbox_id in known:
                 continue
             age_ok = info.created_at is None or info.created_at <= now - grace
-            if age_ok and await self._delete(info.provider_id, info.sandbox_id):
+            if age_ok and await self.service.delete_orphan(info):
                 counts["orphans"] += 1
                 log.info("cleanup.orphan", provider_id=info.provider_id, sandbox_id=info.sandbox_id)
         for row in rows:
             gone = row.provider_id and row.status in LIVE and row.provider_id not in listed_ids
-            if gone and await self.service.close_row(row, status="stopped", reason="lost"):
+            if gone and await self.service.close_lost(row):
                 counts["lost"] += 1
                 log.warning("cleanup.lost", sandbox_id=row.id)
         try:
@@ -268,7 +226,7 @@ class Reaper:
         state = await self.last_run()
         state["lastSyncAt"] = now.isoformat()
         state["lastSync"] = dict(counts)
-        await self.repo.set_state(STATE_KEY, state, now)
+        await self.service_state.set(STATE_KEY, state, now)
         log.info("cleanup.sync", **counts)
         return dict(counts)
 
@@ -277,29 +235,32 @@ class Reaper:
         counts: Counter[str] = Counter()
         lease = self.service.slot_lease_seconds
         owners = set(await self.quota.slot_owners())
-        owners |= {row.user_id for row in await self.repo.live_rows() if row.status in LIVE}
+        owners |= {row.user_id for row in await self.sandboxes.holding_rows() if row.status in LIVE}
         for owner in sorted(owners):
             # Under the owner's create lock, reading the rows inside it: a create that holds its
             # new slot but has not written its row yet must not lose that slot to this rebuild.
             try:
                 async with self.quota.user_lock(owner):
-                    live = [row.id for row in await self.repo.live_for_user(owner)]
+                    live = [row.id for row in await self.sandboxes.live_for_user(owner)]
                     await self.quota.replace_slots(owner, live, lease)
             except QuotaUnavailable:
                 counts["slotsSkipped"] += 1  # busy for 15 s or Redis gone: the next sync
                 continue
             counts["slotsRebuilt"] += 1
         today = day_of(self.clock.now(), self.service.tz)
-        for user_id, seconds in (await self.repo.usage_by_user_for_day(today)).items():
+        for user_id, seconds in (await self.usage.by_user_for_day(today)).items():
             await self.quota.raise_usage(user_id, today, seconds)
             counts["usageMirrors"] += 1
         return dict(counts)
 
     async def prune_memory(self) -> dict[str, int]:
-        """Drop ephemeral state older than STATE_RETENTION_SECONDS."""
+        """Drop ephemeral state: idempotency keys past IDEMPOTENCY_TTL_SECONDS, event streams
+        older than STATE_RETENTION_SECONDS."""
         now = self.clock.now()
+        keys = await self.idempotency.prune(
+            now - timedelta(seconds=self.settings.idempotency_ttl_seconds)
+        )
         cutoff = now - timedelta(seconds=self.settings.state_retention_seconds)
-        keys = await self.repo.prune_idempotency(cutoff)
         streams = await self.events.delete_older_than(int(cutoff.timestamp() * 1000))
         log.info("cleanup.memory", idempotency_keys=keys, event_streams=streams)
         return {"idempotencyKeys": keys, "eventStreams": streams}

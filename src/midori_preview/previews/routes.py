@@ -6,10 +6,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 from sse_starlette.sse import EventSourceResponse
 
-from midori_preview.auth import Principal, current_user
+from midori_preview.deps import PreviewsDep, User
 from midori_preview.errors import (
     Responses,
     error_body,
@@ -18,7 +18,7 @@ from midori_preview.errors import (
     invalid_request,
     validation_error_body,
 )
-from midori_preview.events import BLOCK_MS, TERMINAL_STATUSES
+from midori_preview.events import BLOCK_MS
 from midori_preview.previews.schemas import (
     EXAMPLE_SANDBOX_ID,
     Created,
@@ -29,10 +29,10 @@ from midori_preview.previews.schemas import (
     StopIn,
     Usage,
 )
-from midori_preview.previews.service import PreviewService
+from midori_preview.previews.states import TERMINAL, SandboxStatus
 
+S = SandboxStatus
 router = APIRouter(prefix="/api/preview", tags=["previews"])
-User = Annotated[Principal, Depends(current_user)]
 SandboxIdQ = Annotated[str, Query(alias="sandboxId", min_length=1, max_length=64)]
 # The `id` of an event of ours: a stream id, `<ms>-<seq>` (or `<ms>`), each within the 64-bit
 # integers the event store accepts. Anything else is refused before the stream starts.
@@ -73,10 +73,10 @@ SSE_EVENT = {
 SSE_EXAMPLE = "".join(
     f"id: {id_}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
     for id_, kind, data in (
-        ("1749720600351-0", "status", {"status": "requested"}),
-        ("1749720600357-0", "status", {"status": "creating"}),
-        ("1749720600362-0", "status", {"status": "uploading"}),
-        ("1749720600366-0", "status", {"status": "starting"}),
+        ("1749720600351-0", "status", {"status": S.REQUESTED}),
+        ("1749720600357-0", "status", {"status": S.CREATING}),
+        ("1749720600362-0", "status", {"status": S.UPLOADING}),
+        ("1749720600366-0", "status", {"status": S.STARTING}),
         (
             "1749720604439-0",
             "log",
@@ -86,19 +86,11 @@ SSE_EXAMPLE = "".join(
                 "line": '127.0.0.1 - - [12/Jun/2025 09:30:04] "GET / HTTP/1.1" 200 -',
             },
         ),
-        ("1749720604446-0", "status", {"status": "running"}),
-        ("1749721500462-0", "status", {"status": "stopping", "reason": "user"}),
-        ("1749721500472-0", "status", {"status": "stopped", "reason": "user"}),
+        ("1749720604446-0", "status", {"status": S.RUNNING}),
+        ("1749721500462-0", "status", {"status": S.STOPPING, "reason": "user"}),
+        ("1749721500472-0", "status", {"status": S.STOPPED, "reason": "user"}),
     )
 )
-
-
-def service(request: Request) -> PreviewService:
-    svc: PreviewService = request.app.state.previews
-    return svc
-
-
-Svc = Annotated[PreviewService, Depends(service)]
 
 
 @router.post(
@@ -168,7 +160,7 @@ Svc = Annotated[PreviewService, Depends(service)]
 async def create_preview(
     body: CreatePreview,
     user: User,
-    svc: Svc,
+    svc: PreviewsDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Created:
@@ -181,7 +173,7 @@ async def create_preview(
 
 
 @router.get("/daytona/status", response_model=PreviewStatus, responses=BY_ID)
-async def preview_status(sandbox_id: SandboxIdQ, user: User, svc: Svc) -> PreviewStatus:
+async def preview_status(sandbox_id: SandboxIdQ, user: User, svc: PreviewsDep) -> PreviewStatus:
     """The sandbox's state, preview URL and token (when running), error and log tail."""
     return await svc.status(sandbox_id, user.user_id)
 
@@ -214,7 +206,7 @@ async def preview_status(sandbox_id: SandboxIdQ, user: User, svc: Svc) -> Previe
 async def preview_events(
     sandbox_id: SandboxIdQ,
     user: User,
-    svc: Svc,
+    svc: PreviewsDep,
     last_event_id: Annotated[str | None, Header(pattern=EVENT_ID)] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: `status` on every transition, `log` for each output line; the stream
@@ -224,11 +216,11 @@ async def preview_events(
     async def stream() -> AsyncIterator[dict[str, str]]:
         cursor = last_event_id or "0-0"
         # Already over: replay what is left without waiting, then close.
-        block = None if first.status in TERMINAL_STATUSES else BLOCK_MS
+        block = None if first.status in TERMINAL else BLOCK_MS
         async for event in svc.events.follow(sandbox_id, after=cursor, block_ms=block):
             if event is None:  # nothing new: the stream may have been lost or pruned
                 current = first if block is None else await svc.state(sandbox_id, user.user_id)
-                if current.status in TERMINAL_STATUSES:
+                if current.status in TERMINAL:
                     data = {"status": current.status, "reason": current.reason}
                     yield {"id": cursor, "event": "status", "data": json.dumps(data)}
                     return
@@ -248,7 +240,7 @@ async def preview_events(
     response_model=PreviewStatus,
     responses={**UNAUTHORIZED, **NOT_FOUND, **INVALID_BODY},
 )
-async def stop_preview(body: StopIn, user: User, svc: Svc) -> PreviewStatus:
+async def stop_preview(body: StopIn, user: User, svc: PreviewsDep) -> PreviewStatus:
     """Stop a preview (idempotent). Its processes and files are gone when this answers."""
     return await svc.stop(body.sandbox_id, reason="user", user_id=user.user_id)
 
@@ -279,13 +271,13 @@ async def stop_preview(body: StopIn, user: User, svc: Svc) -> PreviewStatus:
         **INVALID_BODY,
     },
 )
-async def heartbeat(body: HeartbeatIn, user: User, svc: Svc) -> HeartbeatOut:
+async def heartbeat(body: HeartbeatIn, user: User, svc: PreviewsDep) -> HeartbeatOut:
     """Tell the service someone is watching (every `heartbeatIntervalSeconds`)."""
     return await svc.heartbeat(body.sandbox_id, user.user_id, body.visible)
 
 
 @router.get("/usage", response_model=Usage, responses=UNAUTHORIZED)
-async def my_usage(user: User, svc: Svc) -> Usage:
+async def my_usage(user: User, svc: PreviewsDep) -> Usage:
     """The caller's preview time today."""
     return await svc.usage(user.user_id)
 
@@ -301,6 +293,6 @@ async def my_usage(user: User, svc: Svc) -> Usage:
         ),
     },
 )
-async def preview_by_id(sandbox_id: str, user: User, svc: Svc) -> PreviewStatus:
+async def preview_by_id(sandbox_id: str, user: User, svc: PreviewsDep) -> PreviewStatus:
     """Same as `GET /daytona/status?sandboxId=`."""
     return await svc.status(sandbox_id, user.user_id)

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-Status = Literal[
-    "requested", "creating", "uploading", "installing", "building", "starting", "running",
-    "stopping", "stopped", "error",
-]  # fmt: skip
+from midori_preview.previews.states import SandboxStatus
+
+S = SandboxStatus
+
+# A sandbox's state on the wire: one of the enum's values, documented inline as their list (as the
+# API has always shown it). Typed `str` on purpose: an Enum annotation would add a schema
+# component of its own to the OpenAPI document.
+Status = Annotated[
+    str,
+    AfterValidator(SandboxStatus),
+    WithJsonSchema({"enum": [s.value for s in SandboxStatus], "title": "Status", "type": "string"}),
+]
 
 # Example values shown in the OpenAPI document (/docs).
 EXAMPLE_SANDBOX_ID = "k3xq7mzp2ab4cdef"
@@ -151,7 +167,7 @@ class Created(Camel):
                 {
                     "sandboxId": EXAMPLE_SANDBOX_ID,
                     "projectId": "demo-cafe",
-                    "status": "requested",
+                    "status": S.REQUESTED,
                     "statusUrl": EXAMPLE_STATUS_URL,
                     "eventsUrl": EXAMPLE_EVENTS_URL,
                     "heartbeatIntervalSeconds": 120,
@@ -232,7 +248,7 @@ class PreviewStatus(Camel):
                 {
                     "sandboxId": EXAMPLE_SANDBOX_ID,
                     "projectId": "demo-cafe",
-                    "status": "running",
+                    "status": S.RUNNING,
                     "reason": None,
                     "previewUrl": EXAMPLE_PREVIEW_URL,
                     "previewToken": "Ovk7CcrFmu8GrgJv9edRESbrONH-tfwi",
@@ -249,7 +265,7 @@ class PreviewStatus(Camel):
                 {
                     "sandboxId": EXAMPLE_SANDBOX_ID,
                     "projectId": "repo",
-                    "status": "error",
+                    "status": S.ERROR,
                     "reason": "error:build",
                     "previewUrl": None,
                     "previewToken": None,
@@ -297,7 +313,7 @@ class HeartbeatOut(Camel):
             "examples": [
                 {
                     "sandboxId": EXAMPLE_SANDBOX_ID,
-                    "status": "running",
+                    "status": S.RUNNING,
                     "nextHeartbeatSeconds": 120,
                     "usage": EXAMPLE_USAGE,
                 }

@@ -9,11 +9,12 @@ import html
 from functools import cache
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
+from midori_preview.deps import SettingsDep
 from midori_preview.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -56,8 +57,7 @@ def _page(name: str) -> str:
     return (STATIC_DIR / name).read_text(encoding="utf-8")
 
 
-def _render(request: Request, name: str) -> HTMLResponse:
-    settings: Settings = request.app.state.settings
+def _render(settings: Settings, name: str) -> HTMLResponse:
     cookies = bool(settings.nextauth_secret or settings.auth_secret)
     body = (
         _page(name)
@@ -68,15 +68,15 @@ def _render(request: Request, name: str) -> HTMLResponse:
 
 
 @router.api_route("/test", methods=["GET", "HEAD"])
-async def demo_page(request: Request) -> HTMLResponse:
+async def demo_page(settings: SettingsDep) -> HTMLResponse:
     """Start a preview of an example project and watch it build, run and stop."""
-    return _render(request, "demo.html")
+    return _render(settings, "demo.html")
 
 
 @router.api_route("/admin", methods=["GET", "HEAD"])
-async def admin_page(request: Request) -> HTMLResponse:
+async def admin_page(settings: SettingsDep) -> HTMLResponse:
     """Sandboxes, the reaper and usage charts (its data calls need the admin role)."""
-    return _render(request, "admin.html")
+    return _render(settings, "admin.html")
 
 
 def mount_web(app: FastAPI) -> None:

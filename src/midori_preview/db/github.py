@@ -7,45 +7,44 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from midori_preview.db.database import Database, dialect_insert, rows_changed
 from midori_preview.db.models import GitHubDelivery, GitHubPreview
-from midori_preview.db.repo import _insert
 
 UNSET: Any = object()
 
 
-class GitHubStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.sessions = sessions
+class GitHubRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def record_delivery(
         self, delivery_id: str, event: str, action: str | None, now: datetime
     ) -> bool:
         """True for the first sighting of this delivery id; False for a redelivery or a
         concurrent duplicate (exactly one caller gets True)."""
-        async with self.sessions() as s, s.begin():
+        async with self.db.writes() as s, s.begin():
             result = await s.execute(
-                _insert(s, GitHubDelivery)
+                dialect_insert(s, GitHubDelivery)
                 .values(delivery_id=delivery_id, event=event, action=action, received_at=now)
                 .on_conflict_do_nothing()
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return rows_changed(result) > 0
 
     async def prune_deliveries(self, before: datetime) -> int:
-        async with self.sessions() as s, s.begin():
+        async with self.db.writes() as s, s.begin():
             result = await s.execute(
                 delete(GitHubDelivery).where(GitHubDelivery.received_at < before)
             )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            return rows_changed(result)
 
     async def get(self, repo: str, target: str) -> GitHubPreview | None:
-        async with self.sessions() as s:
+        async with self.db.writes() as s:
             return await s.get(GitHubPreview, (repo, target))
 
     async def open_previews(self, limit: int = 500) -> list[GitHubPreview]:
         """Mappings whose preview is building or ready (bounded, oldest update first)."""
-        async with self.sessions() as s:
+        async with self.db.writes() as s:
             rows = await s.scalars(
                 select(GitHubPreview)
                 .where(GitHubPreview.state.in_(("building", "ready")))
@@ -56,14 +55,11 @@ class GitHubStore:
 
     async def save(self, row: GitHubPreview) -> None:
         """Insert or overwrite the mapping of (repo, target)."""
-        values = {
-            c.name: getattr(row, c.key)
-            for c in GitHubPreview.__table__.columns  # type: ignore[attr-defined]
-        }
+        values = {c.name: getattr(row, c.key) for c in GitHubPreview.__table__.columns}
         changed = {k: v for k, v in values.items() if k not in ("repo", "target", "created_at")}
-        async with self.sessions() as s, s.begin():
+        async with self.db.writes() as s, s.begin():
             await s.execute(
-                _insert(s, GitHubPreview)
+                dialect_insert(s, GitHubPreview)
                 .values(**values)
                 .on_conflict_do_update(index_elements=["repo", "target"], set_=changed)
             )
@@ -78,6 +74,6 @@ class GitHubStore:
         )
         if sandbox_id is not UNSET:
             stmt = stmt.where(GitHubPreview.sandbox_id == sandbox_id)
-        async with self.sessions() as s, s.begin():
+        async with self.db.writes() as s, s.begin():
             result = await s.execute(stmt.values(**fields))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return rows_changed(result) > 0

@@ -1,0 +1,265 @@
+"""The composition root: `build_services` builds every long-lived service once, into one typed
+container (`Services`), and `Services.aclose` closes them. The one place that picks concrete
+classes (the provider, Redis or the in-process store, the database); `app.py` keeps the container
+on the app and routes reach it only through `deps.py`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from midori_preview.auth import Authenticator
+from midori_preview.auth_nextauth import SessionCookieAuth
+from midori_preview.clock import Clock
+from midori_preview.db.database import Database
+from midori_preview.db.engine import make_engine, upgrade_head_async
+from midori_preview.db.repositories import Repositories
+from midori_preview.events import EventBus
+from midori_preview.github.service import GitHubService
+from midori_preview.kv import make_redis
+from midori_preview.logging import get_logger
+from midori_preview.previews.admin import AdminService
+from midori_preview.previews.build_cache import BuildCache
+from midori_preview.previews.reaper import Reaper
+from midori_preview.previews.service import PreviewService
+from midori_preview.providers.base import SandboxProvider
+from midori_preview.quota.service import QuotaService
+from midori_preview.scheduler import build_scheduler
+from midori_preview.settings import Settings
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from midori_preview.providers.local.proxy import PreviewProxy
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Services:
+    """Every long-lived service of one app instance."""
+
+    settings: Settings
+    clock: Clock
+    replica_id: str
+    engine: AsyncEngine
+    db: Repositories
+    redis: Any  # redis.asyncio.Redis, or the in-process store
+    quota: QuotaService
+    events: EventBus
+    provider: SandboxProvider
+    previews: PreviewService
+    reaper: Reaper
+    admin: AdminService
+    github: GitHubService
+    authenticator: Authenticator
+    preview_proxy: PreviewProxy | None  # local sandboxes: the service serves their previews
+    scheduler: AsyncIOScheduler | None  # None when REAPER_ENABLED is false
+    owns_provider: bool  # built here (not handed in): closed here
+    owns_redis: bool
+
+    async def aclose(self) -> None:
+        """Stop the background work, then close every client (in reverse order of need)."""
+        await self.github.aclose()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        await self.previews.shutdown()
+        if self.preview_proxy is not None:
+            await self.preview_proxy.aclose()
+        if self.owns_provider:
+            await self.provider.aclose()
+        if self.owns_redis:
+            await self.redis.aclose()
+        await self.db.database.dispose()
+
+
+async def build_services(
+    settings: Settings,
+    *,
+    clock: Clock,
+    provider: SandboxProvider | None = None,
+    redis: Any = None,
+    run_migrations: bool = True,
+) -> Services:
+    """Build (and start) every service. `provider` and `redis` are used as given (tests share
+    them between app instances) and then not closed here."""
+    authenticator = build_authenticator(settings)  # a misconfiguration fails before any I/O
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db_url = settings.effective_database_url
+    if run_migrations:
+        await upgrade_head_async(db_url)
+    engine = make_engine(db_url)
+    db = Repositories.on(Database(engine))
+    kv = redis if redis is not None else make_redis(settings.redis_url)
+    prefix = f"mp:{settings.preview_deployment}"
+    quota = QuotaService(kv, prefix=prefix)
+    events = EventBus(kv, prefix=prefix, ttl_seconds=settings.state_retention_seconds)
+    prov = provider if provider is not None else build_provider(settings)
+    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    previews = build_previews(settings, db, quota, events, prov, clock, replica)
+    if provider is None and prov.name == "local":
+        await previews.close_leftovers()  # local sandboxes do not outlive their process
+    reaper = Reaper(
+        settings=settings,
+        sandboxes=db.sandboxes,
+        usage=db.usage,
+        idempotency=db.idempotency,
+        service_state=db.service_state,
+        quota=quota,
+        events=events,
+        service=previews,
+        clock=clock,
+    )
+    github = GitHubService.from_settings(
+        settings, previews=previews, store=db.github, events=events, clock=clock
+    )
+    scheduler = build_scheduler(settings, reaper=reaper, github=github)
+    services = Services(
+        settings=settings,
+        clock=clock,
+        replica_id=replica,
+        engine=engine,
+        db=db,
+        redis=kv,
+        quota=quota,
+        events=events,
+        provider=prov,
+        previews=previews,
+        reaper=reaper,
+        admin=AdminService(
+            sandboxes=db.sandboxes,
+            usage=db.usage,
+            reaper=reaper,
+            scheduler=scheduler,
+            tz=previews.tz,
+        ),
+        github=github,
+        authenticator=authenticator,
+        preview_proxy=build_preview_proxy(settings, prov),
+        scheduler=scheduler,
+        owns_provider=provider is None,
+        owns_redis=redis is None,
+    )
+    if scheduler is not None:
+        scheduler.start()
+    log.info("service.started", provider=prov.name, replica=replica, db=engine.dialect.name)
+    return services
+
+
+def build_previews(
+    settings: Settings,
+    db: Repositories,
+    quota: QuotaService,
+    events: EventBus,
+    provider: SandboxProvider,
+    clock: Clock,
+    replica_id: str,
+) -> PreviewService:
+    """The preview lifecycle, with the template build cache when TEMPLATE_BUILD_CACHE is on."""
+    cache = (
+        BuildCache(settings.data_dir.resolve() / "cache" / "builds")
+        if settings.template_build_cache
+        else None
+    )
+    return PreviewService(
+        settings=settings,
+        sandboxes=db.sandboxes,
+        usage=db.usage,
+        idempotency=db.idempotency,
+        quota=quota,
+        events=events,
+        provider=provider,
+        clock=clock,
+        replica_id=replica_id,
+        build_cache=cache,
+    )
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """Bearer JWTs, NextAuth/Auth.js session cookies when their secret is set, or dev auth."""
+    authenticator = Authenticator(settings)
+    if settings.nextauth_secret or settings.auth_secret:
+        authenticator.extra.append(SessionCookieAuth.from_settings(settings))
+    if settings.effective_auth_mode == "dev":
+        log.warning(
+            "auth.dev_mode",
+            message="AUTH_MODE=dev: callers name themselves with X-User-Id. "
+            "Set AUTH_JWT_SECRET for production.",
+        )
+    return authenticator
+
+
+def build_preview_proxy(settings: Settings, provider: SandboxProvider) -> PreviewProxy | None:
+    """The service's own preview proxy, for local sandboxes (Daytona serves its own)."""
+    if provider.name != "local":
+        return None
+    from midori_preview.providers.local import LocalProvider
+    from midori_preview.providers.local.proxy import PreviewProxy
+
+    assert isinstance(provider, LocalProvider)
+    return PreviewProxy(provider, settings.preview_base_domain)
+
+
+def build_provider(settings: Settings) -> SandboxProvider:
+    """The provider the settings ask for: Daytona with DAYTONA_API_KEY, else local sandboxes."""
+    if settings.provider_name == "daytona":
+        from midori_preview.providers.daytona import DaytonaProvider, DaytonaProviderConfig
+
+        assert settings.daytona_api_key is not None
+        daytona: SandboxProvider = DaytonaProvider(
+            DaytonaProviderConfig(
+                api_key=settings.daytona_api_key.get_secret_value(),
+                api_url=settings.daytona_api_url,
+                target=settings.daytona_target,
+                snapshot=settings.daytona_snapshot,
+                image=settings.daytona_image,
+                deployment=settings.preview_deployment,
+                idle_timeout_seconds=settings.idle_timeout_seconds,
+                cpu=settings.daytona_cpu,
+                memory=settings.daytona_memory_gb,
+                disk=settings.daytona_disk_gb,
+                request_timeout_seconds=settings.daytona_request_timeout_seconds,
+                retry_attempts=settings.daytona_retry_attempts,
+                retry_deadline_seconds=settings.daytona_retry_deadline_seconds,
+            )
+        )
+        return daytona
+    from midori_preview.providers.local import LocalProvider, LocalProviderConfig
+    from midori_preview.providers.local.runner import Limits, bwrap_path
+
+    isolation = settings.local_sandbox_isolation
+    if isolation == "auto" and bwrap_path() is None:
+        log.warning(
+            "local.no_isolation",
+            message="bubblewrap is not installed: local sandboxes run as plain processes "
+            "(apt-get install bubblewrap for namespaces and a read-only system)",
+        )
+    key = (
+        settings.preview_signing_secret.get_secret_value().encode()
+        if settings.preview_signing_secret
+        else secrets.token_bytes(32)
+    )
+    return LocalProvider(
+        LocalProviderConfig(
+            root=(settings.data_dir / "sandboxes").resolve(),
+            isolation=isolation,
+            limits=Limits(
+                memory_mb=settings.local_sandbox_memory_mb,
+                max_processes=settings.local_sandbox_max_processes,
+                max_file_mb=settings.local_sandbox_max_file_mb,
+                tmp_mb=settings.local_sandbox_tmp_mb,
+            ),
+            base_domain=settings.preview_base_domain,
+            public_port=settings.effective_preview_port,
+            scheme=settings.preview_scheme,
+            signing_key=key,
+            npm_cache=(settings.data_dir / "cache" / "npm").resolve()
+            if settings.local_npm_cache
+            else None,
+        )
+    )

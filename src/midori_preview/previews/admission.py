@@ -1,0 +1,260 @@
+"""Admission: a create request becomes a sandbox row and a build — or a clear refusal.
+
+Under the user's Redis lock (so replicas decide one at a time): an Idempotency-Key replays its
+answer, a live preview of the same source is reused, then the rate limit, the daily cap and a
+concurrency slot (checked against Postgres, the truth) are taken before the row is written."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from redis.exceptions import RedisError
+
+from midori_preview.clock import Clock
+from midori_preview.db.idempotency import IdempotencyRepository
+from midori_preview.db.models import IdempotencyKey, Sandbox
+from midori_preview.db.sandboxes import SandboxRepository
+from midori_preview.errors import (
+    ConcurrencyLimit,
+    DailyQuotaExhausted,
+    IdempotencyConflict,
+    QuotaUnavailable,
+    RateLimited,
+)
+from midori_preview.logging import get_logger
+from midori_preview.previews.builds import Builds
+from midori_preview.previews.heartbeats import Heartbeats
+from midori_preview.previews.schemas import Created, CreatePreview
+from midori_preview.previews.sources import BuildPlan, digest_of, plan_for
+from midori_preview.previews.states import SandboxStatus
+from midori_preview.previews.stops import Stops
+from midori_preview.previews.transitions import Transitions
+from midori_preview.previews.views import created_of
+from midori_preview.quota.service import QuotaService
+from midori_preview.settings import Settings
+from midori_preview.usage import next_midnight
+
+log = get_logger(__name__)
+
+
+def new_sandbox_id() -> str:
+    """16 lowercase base32 characters: DNS-label safe (preview hosts) and unguessable."""
+    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """Who is admitted on what terms: users by default; GitHub's previews on their own."""
+
+    kind: str = "user"
+    concurrency_limit: int | None = None  # None: MAX_CONCURRENT_SANDBOXES_PER_USER
+    ttl_seconds: int | None = None  # None: MAX_SANDBOX_TTL_SECONDS
+    check_daily_quota: bool = True
+    extra_git_prefixes: Sequence[str] = ()  # besides GIT_ALLOWED_URL_PREFIXES
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    user_id: str
+    body: CreatePreview
+    plan: BuildPlan
+    key: str | None  # the Idempotency-Key
+    request_hash: str
+    terms: Terms
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sandboxes: SandboxRepository,
+        idempotency: IdempotencyRepository,
+        quota: QuotaService,
+        transitions: Transitions,
+        heartbeats: Heartbeats,
+        stops: Stops,
+        builds: Builds,
+        clock: Clock,
+        tz: ZoneInfo,
+        provider_name: str,
+        replica_id: str,
+        slot_lease_seconds: int,
+    ) -> None:
+        self.settings = settings
+        self.sandboxes = sandboxes
+        self.idempotency = idempotency
+        self.quota = quota
+        self.transitions = transitions
+        self.heartbeats = heartbeats
+        self.stops = stops
+        self.builds = builds
+        self.clock = clock
+        self.tz = tz
+        self.provider_name = provider_name
+        self.replica_id = replica_id
+        self.slot_lease_seconds = slot_lease_seconds
+
+    async def create(
+        self, user_id: str, body: CreatePreview, *, key: str | None, terms: Terms
+    ) -> tuple[int, Created]:
+        """Admit a preview and start its build in the background: (HTTP status, answer)."""
+        s = self.settings
+        plan = plan_for(
+            body,
+            allowed_git_prefixes=[*s.git_allowed_url_prefixes, *terms.extra_git_prefixes],
+            max_files=s.max_files,
+            max_bytes=s.max_request_bytes,
+        )
+        request_hash = digest_of(
+            {"projectId": body.project_id, "replace": body.replace, "source": plan.digest}
+        )
+        req = _Request(user_id, body, plan, key, request_hash, terms)
+        try:
+            async with self.quota.user_lock(user_id):
+                known = await self._known(req)
+                if known is not None:
+                    return known
+                await self._within_limits(req)
+                row = await self._admit(req)
+        except RedisError as exc:
+            raise QuotaUnavailable("Quota store unreachable; previews cannot start now.") from exc
+        await self.transitions.created(row.id)
+        log.info("sandbox.requested", sandbox_id=row.id, user_id=user_id, source=plan.source_kind)
+        self.builds.start(row, plan)
+        return 202, self._created(row)
+
+    def _created(self, row: Sandbox) -> Created:
+        return created_of(row, self.settings.heartbeat_interval_seconds)
+
+    async def _known(self, req: _Request) -> tuple[int, Created] | None:
+        """The answer of a request seen before: its Idempotency-Key's, or a live preview of the
+        same source (unless `replace`)."""
+        if req.key:
+            existing = await self.idempotency.get(req.user_id, req.key)
+            if existing is not None:
+                if existing.request_hash != req.request_hash:
+                    raise IdempotencyConflict(
+                        "Idempotency-Key was already used with a different body."
+                    )
+                row = await self.sandboxes.get(existing.sandbox_id)
+                if row is not None:
+                    return 202, self._created(row)
+        live = await self.sandboxes.live_same_source(
+            req.user_id, req.body.project_id, req.plan.digest
+        )
+        if live is None or req.body.replace:
+            return None
+        if req.key:
+            await self.idempotency.remember(self._key(req, live.id, self.clock.now()))
+        return 200, self._created(live)
+
+    async def _within_limits(self, req: _Request) -> None:
+        """The create rate limit and the daily cap (429s)."""
+        s = self.settings
+        wait = await self.quota.hit_rate_limit(req.user_id, per_minute=s.create_rate_per_minute)
+        if wait:
+            raise RateLimited(
+                f"Too many previews started; try again in {wait} s.",
+                headers={"Retry-After": str(wait)},
+                retryAfterSeconds=wait,
+            )
+        if req.terms.check_daily_quota:
+            used = await self.heartbeats.used_today(req.user_id)
+            if used >= s.daily_usage_cap_seconds:
+                reset = next_midnight(self.clock.now(), self.tz)
+                raise DailyQuotaExhausted(
+                    "Today's preview time is used up; it resets at midnight.",
+                    resetAt=reset.isoformat(),
+                )
+
+    async def _admit(self, req: _Request) -> Sandbox:
+        """Take a slot and write the row (with its idempotency key) in the first state."""
+        sandbox_id = new_sandbox_id()
+        limit = req.terms.concurrency_limit or self.settings.max_concurrent_sandboxes_per_user
+        await self._take_slot(req.user_id, sandbox_id, limit, replace=req.body.replace)
+        row = self._new_row(req, sandbox_id)
+        key = self._key(req, sandbox_id, row.created_at) if req.key else None
+        try:
+            inserted = await self.sandboxes.insert(row, idempotency=key)
+        except BaseException:
+            await self.quota.release_slot(req.user_id, sandbox_id)
+            raise
+        if not inserted:  # the key was taken meanwhile (only if the lock expired)
+            await self.quota.release_slot(req.user_id, sandbox_id)
+            raise IdempotencyConflict(
+                "A request with this Idempotency-Key is in progress; retry it."
+            )
+        return row
+
+    @staticmethod
+    def _key(req: _Request, sandbox_id: str, created_at: datetime) -> IdempotencyKey:
+        assert req.key is not None
+        return IdempotencyKey(
+            user_id=req.user_id,
+            key=req.key,
+            request_hash=req.request_hash,
+            sandbox_id=sandbox_id,
+            created_at=created_at,
+        )
+
+    async def _take_slot(self, user_id: str, sandbox_id: str, limit: int, *, replace: bool) -> None:
+        lease = self.slot_lease_seconds
+        for _ in range(3):
+            slot = await self.quota.acquire_slot(
+                user_id, sandbox_id, limit=limit, lease_seconds=lease
+            )
+            # Postgres is the truth: Redis may have lost slots (flush, failover) or kept some.
+            live = await self.sandboxes.live_for_user(user_id)
+            live_ids = {r.id for r in live}
+            if slot.granted:
+                if len(live) < limit:
+                    return
+                # Redis forgot live sandboxes: put their slots back and refuse this one.
+                await self.quota.release_slot(user_id, sandbox_id)
+                await self.quota.renew_slots(user_id, live_ids, lease)
+            else:
+                stale = [h for h in slot.holders if h not in live_ids]
+                for holder in stale:  # a release that never reached Redis: heal it here
+                    await self.quota.release_slot(user_id, holder)
+                if stale:
+                    continue
+            if replace and live:
+                await self.stops.stop(live[0].id, reason="replaced")
+                continue
+            raise ConcurrencyLimit(
+                f"You already have {len(live)} preview(s) running (limit {limit}). Stop one, "
+                'or send "replace": true to stop the oldest and start this one.',
+                activeSandboxIds=[r.id for r in live],
+                limit=limit,
+            )
+        raise ConcurrencyLimit("Could not get a preview slot; try again.", activeSandboxIds=[])
+
+    def _new_row(self, req: _Request, sandbox_id: str) -> Sandbox:
+        now = self.clock.now()
+        ttl = req.terms.ttl_seconds or self.settings.max_sandbox_ttl_seconds
+        return Sandbox(
+            id=sandbox_id,
+            user_id=req.user_id,
+            project_id=req.body.project_id,
+            kind=req.terms.kind,
+            provider=self.provider_name,
+            source_kind=req.plan.source_kind,
+            source_digest=req.plan.digest,
+            template=req.plan.template,
+            status=SandboxStatus.REQUESTED,
+            port=req.plan.port,
+            commands_run=0,
+            visible=True,
+            active=True,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+            lease_owner=self.replica_id,
+            lease_expires_at=now + timedelta(seconds=self.settings.build_lease_seconds),
+        )
