@@ -14,7 +14,7 @@ import binascii
 import contextlib
 import shlex
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -114,6 +114,22 @@ class Superseded(Exception):
     """The row left the state this pipeline expected: it was stopped (or reaped) meanwhile."""
 
 
+async def to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run `cleanup` to its end even when the build is cancelled meanwhile (a stop cancels it,
+    and may do so while the build is already cleaning up): a delete cut short would leave the
+    sandbox's processes or files behind. The cancellation is passed on afterwards."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()
+
+
 class Pipeline:
     def __init__(
         self,
@@ -146,17 +162,15 @@ class Pipeline:
             await self._steps(b, spec)
         except Superseded:
             log.info("sandbox.build_superseded", sandbox_id=sandbox_id, step=b.step)
-            await self._delete(b.handle, sandbox_id)
+            await to_the_end(self._delete(b.handle, sandbox_id))
         except asyncio.CancelledError:
-            await asyncio.shield(
-                self._fail(b, StepFailed("shutdown", "cancelled", code="shutdown"))
-            )
+            await to_the_end(self._fail(b, StepFailed("shutdown", "cancelled", code="shutdown")))
             raise
         except Exception as exc:
             failed = failure_of(exc, b.step)
             if failed.code == "internal_error":  # none of ours: a bug, with its traceback
                 log.exception("sandbox.build_crashed", sandbox_id=sandbox_id, step=b.step)
-            await self._fail(b, failed)
+            await to_the_end(self._fail(b, failed))
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
