@@ -20,6 +20,7 @@ from midori_preview.github import schemas as github_schemas
 from midori_preview.github.payloads import Build, Policy, decide
 from midori_preview.previews import admin_routes
 from midori_preview.previews import schemas as preview_schemas
+from midori_preview.previews.states import SandboxStatus
 from tests.conftest import Backend, make_settings
 
 HTTP_METHODS = {"get", "put", "post", "patch", "delete"}
@@ -208,3 +209,13 @@ def test_the_webhook_example_is_a_delivery_that_builds(spec: dict[str, Any]) -> 
     [example] = examples_of(spec, body["content"]["application/json"])
     policy = Policy(allowlist=["octo-org/*"], build_forks=False, push_branches=[])
     assert isinstance(decide("pull_request", example, policy), Build)
+
+
+def test_the_status_enum_is_the_state_machines(spec: dict[str, Any]) -> None:
+    """Every answer's `status` lists exactly the states of `states.SandboxStatus`, in its order,
+    inline (no schema component of its own)."""
+    schemas = spec["components"]["schemas"]
+    expected = {"enum": [s.value for s in SandboxStatus], "title": "Status", "type": "string"}
+    for name in ("Created", "PreviewStatus", "HeartbeatOut"):
+        assert schemas[name]["properties"]["status"] == expected, name
+    assert "SandboxStatus" not in schemas
