@@ -1,4 +1,4 @@
-"""Engine and session factory; migrations through Alembic (never `create_all`)."""
+"""The engine; migrations through Alembic (never `create_all`). Sessions: `database.py`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "alembic"
@@ -31,10 +31,6 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # No pre-ping (a round trip per checkout on every request): connections are recycled, and
     # a dead one fails one request, which the pool then replaces.
     return create_async_engine(url, pool_size=pool_size, max_overflow=20, pool_recycle=1800)
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 def alembic_config(url: str) -> Config:
