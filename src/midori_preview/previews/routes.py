@@ -217,7 +217,7 @@ async def preview_events(
         cursor = last_event_id or "0-0"
         # Already over: replay what is left without waiting, then close.
         block = None if first.status in TERMINAL else BLOCK_MS
-        async for event in svc.events.follow(sandbox_id, after=cursor, block_ms=block):
+        async for event in svc.follow_events(sandbox_id, after=cursor, block_ms=block):
             if event is None:  # nothing new: the stream may have been lost or pruned
                 current = first if block is None else await svc.state(sandbox_id, user.user_id)
                 if current.status in TERMINAL:

@@ -10,7 +10,7 @@ integration call it; each use case lives in its own module:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,7 +20,7 @@ from midori_preview.db.models import Sandbox
 from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.db.usage import UsageRepository
 from midori_preview.errors import SandboxNotRunning
-from midori_preview.events import EventBus
+from midori_preview.events import Event, EventBus
 from midori_preview.logging import get_logger
 from midori_preview.previews.admission import Admission, Terms
 from midori_preview.previews.build_cache import BuildCache
@@ -180,6 +180,13 @@ class PreviewService:
     async def state(self, sandbox_id: str, user_id: str | None) -> PreviewStatus:
         """The status without usage: one row read (event streams re-check it while they wait)."""
         return status_of(await owned_row(self.repo, sandbox_id, user_id))
+
+    def follow_events(
+        self, sandbox_id: str, *, after: str, block_ms: int | None
+    ) -> AsyncIterator[Event | None]:
+        """The sandbox's events after `after`, then new ones as they come (`None` when a wait
+        timed out); ends after a terminal status. Callers check ownership first."""
+        return self.events.follow(sandbox_id, after=after, block_ms=block_ms)
 
     async def usage(self, user_id: str, used: int | None = None) -> Usage:
         """The user's preview time today (`used` when the caller already knows it)."""
