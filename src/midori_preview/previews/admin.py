@@ -44,6 +44,7 @@ class AdminService:
         return job.next_run_time if job is not None else None
 
     async def stats(self) -> dict[str, Any]:
+        """Sandbox counts in the active view and the reaper's state."""
         counts = await self.sandbox_rows.status_counts()
         state = await self.reaper.last_run()
         paused = bool(state.get("paused", False))
@@ -65,6 +66,7 @@ class AdminService:
         }
 
     async def act(self, action: str) -> dict[str, Any]:
+        """Run an admin action (start, stop, cleanup, sync, memory): what it did."""
         if action == "start":
             await self.reaper.set_paused(False)
             return {"paused": False}
@@ -80,6 +82,7 @@ class AdminService:
         raise ValidationFailed(f"unknown action {action!r}")
 
     async def sandboxes(self) -> list[dict[str, Any]]:
+        """The sandboxes in the active view, newest first."""
         return [
             {
                 "sandboxId": r.id,

@@ -55,4 +55,5 @@ class Builds:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
     def in_flight(self) -> list[str]:
+        """Ids of the sandboxes being built in this process."""
         return list(self._tasks)

@@ -42,6 +42,7 @@ class Heartbeats:
         self.tz = tz
 
     async def used_today(self, user_id: str) -> int:
+        """The user's charged seconds today (USAGE_TIMEZONE)."""
         return await self.charger.used_on(user_id, day_of(self.clock.now(), self.tz))
 
     async def usage(self, user_id: str, used: int | None = None) -> Usage:

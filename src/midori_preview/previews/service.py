@@ -250,6 +250,7 @@ class PreviewService:
 
     @property
     def deployment_labels(self) -> Mapping[str, str]:
+        """The labels every provider sandbox of this deployment carries."""
         return {
             "midori-preview": "1",
             "midori-preview/deployment": self.settings.preview_deployment,
@@ -274,4 +275,5 @@ class PreviewService:
         await self.builds.wait_idle()
 
     def builds_in_flight(self) -> list[str]:
+        """Ids of the sandboxes being built in this process (their leases are alive)."""
         return self.builds.in_flight()
