@@ -46,7 +46,7 @@ from midori_preview.providers.daytona_labels import (
     LABEL_SANDBOX_ID,
     LABEL_USER_ID,
 )
-from tests.support.daytona_emulator import (
+from tests.support.daytona import (
     CREATE,
     DELETE,
     GET,
