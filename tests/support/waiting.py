@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-# Far above any build of the suite: a build that never settles fails here, clearly, instead of
-# hanging until pytest's own timeout.
-SETTLE_SECONDS = 120.0
+# Far above any build of the suite (the slowest, a cold-cache `npm ci` + `vite build`, may take
+# minutes), yet under pytest's own 300 s timeout: a build that never settles fails here, naming
+# itself, instead of being killed there without a word.
+SETTLE_SECONDS = 240.0
 
 
 async def eventually(
