@@ -11,7 +11,6 @@ WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY alembic.ini ./
-COPY alembic ./alembic
 COPY src ./src
 RUN uv sync --frozen --no-dev
 

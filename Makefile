@@ -6,8 +6,8 @@ run:  ## run the service on http://localhost:8000 (embedded defaults)
 test:  ## lint, type-check and run the whole test suite
 	scripts/test
 
-bench:  ## print the benchmark table (see docs/BENCHMARKS.md)
-	scripts/bootstrap && .venv/bin/midori-preview bench
+bench:  ## print the benchmark table (see docs/BENCHMARKS.md); options: make bench ARGS='--backend pg'
+	scripts/bootstrap && .venv/bin/python benchmarks/bench.py $(ARGS)
 
 env-example:  ## regenerate .env.example from the settings
 	scripts/bootstrap && .venv/bin/midori-preview env-example > .env.example

@@ -26,6 +26,7 @@ from midori_preview.previews.service import PreviewService
 from midori_preview.settings import Settings
 from tests.support.clock import ManualClock
 from tests.support.servers import drop_redis_keys
+from tests.support.waiting import builds_settle
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -121,7 +122,7 @@ class Running:
         self, sandbox_id: str, *statuses: str, user: str = "alice"
     ) -> dict[str, Any]:
         """Wait for the build to settle (no sleeping on the service clock)."""
-        await self.service.wait_idle()
+        await builds_settle(self.service)
         res = await self.client.get(
             f"/api/preview/daytona/status?sandboxId={sandbox_id}", headers=user_headers(user)
         )

@@ -1,4 +1,4 @@
-"""`midori-preview serve | migrate`."""
+"""`midori-preview serve | migrate | env-example`."""
 
 from __future__ import annotations
 
@@ -38,19 +38,6 @@ def migrate() -> None:
     settings = Settings()
     upgrade_head(settings.effective_database_url)
     typer.echo("database is at head")
-
-
-@cli.command()
-def bench(
-    runs: int = typer.Option(5, help="Previews timed per source kind."),
-    requests: int = typer.Option(2000, help="Requests per throughput measurement."),
-    concurrency: int = typer.Option(16, help="Concurrent clients (and running previews)."),
-    backend: str = typer.Option("embedded", help="embedded (SQLite) or pg (Postgres + Redis)."),
-) -> None:
-    """Measure time to a working preview, heartbeat/status throughput and memory."""
-    from midori_preview.bench import main as run_bench
-
-    run_bench(runs, requests, concurrency, backend)
 
 
 @cli.command("env-example")

@@ -32,6 +32,7 @@ from tests.previews.helpers import (
     stop,
     workspace_of,
 )
+from tests.support.waiting import builds_settle
 
 SITE = {"index.html": "<h1>hello</h1>"}
 
@@ -112,6 +113,9 @@ async def test_failing_build_ends_in_error_and_frees_everything(service_app: Run
     assert res.status_code == 202
     sandbox_id = res.json()["sandboxId"]
 
+    # The build's background grandchild keeps its output open: the step must still end at its
+    # exit, not when the grandchild does (or at BUILD_STEP_TIMEOUT).
+    await builds_settle(service_app.service, within=30)
     status = await service_app.wait_until(sandbox_id, "error")
     assert status["reason"] == "error:build"
     assert status["error"]["step"] == "build"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.daytona_emulator import DaytonaEmulator
+from tests.support.daytona import DaytonaEmulator
 
 
 @pytest.fixture

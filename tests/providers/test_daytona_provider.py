@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import subprocess
 import time
 from collections import Counter
@@ -46,7 +47,8 @@ from midori_preview.providers.daytona_labels import (
     LABEL_SANDBOX_ID,
     LABEL_USER_ID,
 )
-from tests.support.daytona_emulator import (
+from tests.previews.helpers import pids_with_marker
+from tests.support.daytona import (
     CREATE,
     DELETE,
     GET,
@@ -59,6 +61,7 @@ from tests.support.daytona_emulator import (
     DaytonaEmulator,
 )
 from tests.support.servers import free_port
+from tests.support.waiting import eventually, port_refuses
 
 THAI = "บ้านกาแฟ Baan Kafae"
 DEPLOYMENT = "test-deployment"
@@ -182,12 +185,9 @@ async def test_preview_lifecycle_end_to_end(
         env={"PORT": str(port)},
         on_output=on_server_output,
     )
-    for _ in range(200):
-        if await provider.probe(created, port, timeout=1):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the server never answered the probe")
+    await eventually(
+        lambda: provider.probe(created, port, timeout=1), within=20, what="the server answers"
+    )
 
     link = await provider.preview_link(created, port, open_url_ttl_seconds=120)
     assert link.open_url_expires_at is not None
@@ -200,11 +200,10 @@ async def test_preview_lifecycle_end_to_end(
         assert (await http.get(link.url)).status_code == 401
         signed = await http.get(link.open_url + "content/name.txt")
         assert signed.status_code == 200 and signed.content.decode("utf-8") == f"{THAI}\n"
-        for _ in range(100):  # the server's request log streams back to us
-            if any("GET /index.html" in line for _, line in server_output):
-                break
-            await asyncio.sleep(0.02)
-        assert any("GET /index.html" in line for _, line in server_output)
+        await eventually(  # the server's request log streams back to us
+            lambda: any("GET /index.html" in line for _, line in server_output),
+            what="the server's log reached us",
+        )
 
         totals = api_counts(emulator)
         print("\nDaytona API calls for create:", json.dumps(dict(after_create), indent=1))
@@ -219,25 +218,27 @@ async def test_preview_lifecycle_end_to_end(
         gone = await http.get(link.url, headers=token)
         assert gone.status_code == 404
         assert (await http.get(link.open_url)).status_code == 404
-        with pytest.raises(httpx.ConnectError):  # the server was killed with the sandbox
-            for _ in range(100):
-                await http.get(f"http://127.0.0.1:{port}/", timeout=1)
-                await asyncio.sleep(0.02)
+        # The server was killed with the sandbox: soon nothing listens on its port. (Until the
+        # kernel is done with it, a connection may still be accepted and then reset.)
+        await eventually(lambda: port_refuses(port), what=f"port {port} closed after delete")
 
 
 async def test_exec_timeout_kills_the_command(
     emulator: DaytonaEmulator, provider: DaytonaProvider
 ) -> None:
+    marker = f"midori-timeout-{secrets.token_hex(4)}"
     created = await provider.create(spec(), timeout=30)
     await provider.upload(created, [FileData("marker.txt", b"x")])
+    command = f"echo begun; sh -c 'sleep 300; true' {marker}; touch late.txt"
     started = time.monotonic()
     with pytest.raises(CommandTimeout) as caught:
-        await provider.exec(created, "echo begun; sleep 30; touch late.txt", timeout=1)
+        await provider.exec(created, command, timeout=1)
     assert time.monotonic() - started < 5
     assert caught.value.code == "command_timeout"
+    # The whole command went with the timeout, not only the provider's wait for it.
+    await eventually(lambda: pids_with_marker(marker) == [], what="the timed-out command died")
     after = await provider.exec(created, "echo again", timeout=10)
     assert after.exit_code == 0 and after.output_tail == ("again",)
-    await asyncio.sleep(0.2)
     assert not (emulator.sandbox_home(created.provider_id) / "app/late.txt").exists()
 
 

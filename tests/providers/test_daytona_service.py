@@ -18,7 +18,7 @@ import pytest
 from midori_preview.providers.daytona import DaytonaProvider
 from tests.conftest import Backend, Running, make_settings, running_app, user_headers
 from tests.providers.test_daytona_provider import make_config
-from tests.support.daytona_emulator import CREATE, LAST_ACTIVITY, UPLOAD, DaytonaEmulator
+from tests.support.daytona import CREATE, LAST_ACTIVITY, UPLOAD, DaytonaEmulator
 from tests.support.servers import free_port
 
 THAI = "บ้านกาแฟ Baan Kafae"

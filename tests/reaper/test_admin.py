@@ -72,7 +72,7 @@ async def test_cleanup_stats_count_sandboxes_and_describe_the_reaper(
         await stop(app, stopped, user="bob")
         failed = await create(app, "c", user="carol", build="exit 3")
         await app.wait_until(failed.json()["sandboxId"], "error", user="carol")
-        building = await create(app, "d", user="dave", build="sleep 5")
+        building = await create(app, "d", user="dave", build="sleep 300")  # until stopped
         assert building.status_code == 202
 
         got = await stats(app)

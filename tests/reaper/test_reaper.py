@@ -13,6 +13,7 @@ from midori_preview.db.models import Sandbox
 from midori_preview.previews.admission import new_sandbox_id
 from midori_preview.providers.base import SandboxSpec
 from tests.conftest import Backend, Running, make_settings, running_app, user_headers
+from tests.previews.helpers import workspace_of
 from tests.quota.helpers import (
     captured_logs,
     create,
@@ -26,6 +27,7 @@ from tests.quota.helpers import (
     stop,
 )
 from tests.support.clock import ManualClock
+from tests.support.waiting import eventually
 
 
 async def provider_ids(app: Running) -> set[str]:
@@ -212,16 +214,19 @@ async def test_a_build_whose_replica_stopped_renewing_its_lease_fails_as_lease_l
 async def test_a_build_running_in_this_process_is_not_failed_for_its_lease(
     tmp_path: Path, pg_backend: Backend, clock: ManualClock
 ) -> None:
+    gate = "gate"  # the build runs until the test creates this file in its workspace
     async with running_app(make_settings(tmp_path, pg_backend), clock=clock) as app:
-        res = await create(app, "slow", build="sleep 1")
+        res = await create(app, "slow", build=f"while [ ! -f {gate} ]; do sleep 0.05; done")
         sandbox_id = res.json()["sandboxId"]
-        for _ in range(500):
-            if (await row(app, sandbox_id)).status == "building":
-                break
-            await asyncio.sleep(0.02)  # real build progress, not service time
-        assert (await row(app, sandbox_id)).status == "building"
+
+        async def building() -> bool:
+            return (await row(app, sandbox_id)).status == "building"
+
+        await eventually(building, within=30, what="the build step started")
         clock.advance(600)  # far past the lease, on the service clock only
         assert (await app.services.reaper.run_pass()).get("leaseLost", 0) == 0
+        assert await building(), "the pass left the build alone"
+        (workspace_of(app, sandbox_id) / "work" / gate).touch()
         assert (await app.wait_until(sandbox_id))["status"] == "running"
 
 

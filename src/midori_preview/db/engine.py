@@ -12,7 +12,9 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "alembic"
+# Inside the package, so that an installed wheel can migrate its database (alembic.ini at the
+# repository root points here too).
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
