@@ -1,8 +1,8 @@
 """Daytona sandboxes through the `daytona` SDK's async client.
 
 One `AsyncDaytona` client serves every call; it is built with the provider and closed by `aclose`.
-Every call has a timeout and goes through `DaytonaRetry` (see `daytona_errors`). Commands run as
-session commands so that their output streams live (`daytona_sessions`); the server's output is
+Every call has a timeout and goes through `DaytonaRetry` (see `errors`). Commands run as
+session commands so that their output streams live (`sessions`); the server's output is
 followed by a background task per sandbox, cancelled on delete.
 
 Sandboxes carry labels (`midori-preview=1`, deployment, our sandbox id, user, project) so that the
@@ -17,11 +17,9 @@ reads never reach Daytona.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,7 +58,8 @@ from midori_preview.providers.base import (
     SandboxFailed,
     SandboxSpec,
 )
-from midori_preview.providers.daytona_errors import (
+from midori_preview.providers.daytona.config import DaytonaProviderConfig
+from midori_preview.providers.daytona.errors import (
     DaytonaRetry,
     is_ambiguous,
     is_retryable,
@@ -68,7 +67,7 @@ from midori_preview.providers.daytona_errors import (
     status_of,
     to_provider_error,
 )
-from midori_preview.providers.daytona_labels import (
+from midori_preview.providers.daytona.labels import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
     LABEL_PROJECT_ID,
@@ -77,56 +76,13 @@ from midori_preview.providers.daytona_labels import (
     label_value,
     sandbox_info,
 )
-from midori_preview.providers.daytona_sessions import OutputLines, SessionCommands, shell_script
+from midori_preview.providers.daytona.sessions import OutputLines, SessionCommands, shell_script
 
 log = structlog.get_logger(__name__)
 
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _CLEANUP = "cleanup"  # key of the background tasks deleting what failed creates left
-
-
-@dataclass(frozen=True, slots=True)
-class DaytonaProviderConfig:
-    """Everything the Daytona provider needs; the app builds it from settings."""
-
-    api_key: str = field(repr=False)
-    api_url: str = "https://app.daytona.io/api"
-    target: str | None = None
-    deployment: str = "default"  # label value: which installation owns a sandbox
-    snapshot: str | None = None
-    image: str | None = None  # required with cpu/memory/disk: only image builds are sized
-    cpu: int | None = None  # vCPUs
-    memory: int | None = None  # GB
-    disk: int | None = None  # GB
-    idle_timeout_seconds: float = 300
-    auto_stop_margin_seconds: float = 120
-    workdir: str = "/home/daytona/app"
-    request_timeout_seconds: float = 30
-    upload_timeout_seconds: int = 300
-    clone_timeout_seconds: float = 300
-    retry_attempts: int = 4
-    retry_deadline_seconds: float = 60
-    retry_initial_backoff_seconds: float = 0.5
-    retry_max_backoff_seconds: float = 8
-    poll_interval_seconds: float = 0.5
-    output_tail_lines: int = 50
-
-    def __post_init__(self) -> None:
-        if self.api_url.endswith("/"):
-            raise ValueError("api_url must not end with a slash (the SDK would call //sandbox)")
-        if self.image is None and (self.cpu or self.memory or self.disk):
-            raise ValueError(
-                "cpu/memory/disk need an image: Daytona sizes sandboxes built from an image, "
-                "a snapshot brings its own resources"
-            )
-        if self.retry_attempts < 1:
-            raise ValueError("retry_attempts must be at least 1")
-
-    @property
-    def auto_stop_minutes(self) -> int:
-        """Daytona's auto-stop: a little above our idle timeout, whole minutes, at least 1."""
-        return max(1, math.ceil((self.idle_timeout_seconds + self.auto_stop_margin_seconds) / 60))
 
 
 class DaytonaSandboxFailed(SandboxFailed):
