@@ -33,6 +33,7 @@ from midori_preview.providers.base import (
     ServerExited,
 )
 from midori_preview.providers.local.runner import (
+    Child,
     Limits,
     Runner,
     kill_group,
@@ -41,6 +42,8 @@ from midori_preview.providers.local.runner import (
 from midori_preview.providers.local.signing import sign_label
 
 log = get_logger(__name__)
+
+DRAIN_SECONDS = 2.0  # output left in a finished command's pipes is read for at most this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +101,7 @@ class LocalProvider:
             pid_file = path / "pgids"
             if pid_file.exists():
                 for pgid in pid_file.read_text().split():
-                    cwd = Path(f"/proc/{pgid}/cwd")
+                    cwd = Path(f"/child/{pgid}/cwd")
                     with contextlib.suppress(OSError):
                         if str(cwd.resolve()).startswith(str(path.resolve())):
                             kill_group(int(pgid))
@@ -182,10 +185,10 @@ class LocalProvider:
         """Local sandboxes keep no idle clock of their own: the reaper alone stops them."""
         return False
 
-    def _track(self, local: _Local, proc: asyncio.subprocess.Process) -> None:
-        local.groups.add(proc.pid)
+    def _track(self, local: _Local, child: Child) -> None:
+        local.groups.add(child.pid)
         with open(local.root / "pgids", "a") as f:
-            f.write(f"{proc.pid}\n")
+            f.write(f"{child.pid}\n")
 
     async def exec(
         self,
@@ -197,20 +200,22 @@ class LocalProvider:
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
         local = self._get(sandbox)
-        proc = await self.runner.spawn(local.workspace, command, env)
-        self._track(local, proc)
+        child = await self.runner.spawn(local.workspace, command, env)
+        self._track(local, child)
         tail: deque[str] = deque(maxlen=50)
+        pump = asyncio.create_task(_pump(child, tail, on_output))
         try:
             async with asyncio.timeout(timeout):
-                await _pump(proc, tail, on_output)
-                code = await proc.wait()
+                code = await _exit_code(child.process, pump)
         except TimeoutError:
-            kill_group(proc.pid)
-            await proc.wait()
             raise CommandTimeout(f"command timed out after {timeout:g}s") from None
         finally:
-            await kill_group_and_wait(proc.pid)  # nothing a build step started outlives it
-            local.groups.discard(proc.pid)
+            await kill_group_and_wait(child.pid)  # nothing a build step started outlives it
+            local.groups.discard(child.pid)
+            await _drain(pump)
+            child.close()
+        if not pump.cancelled() and (failed := pump.exception()) is not None:
+            raise failed  # the output callback failed
         return ExecResult(exit_code=code, output_tail=list(tail))
 
     async def start_server(
@@ -224,17 +229,28 @@ class LocalProvider:
     ) -> None:
         local = self._get(sandbox)
         host_port = local.ports.setdefault(port, _free_port())
-        proc = await self.runner.spawn(
+        child = await self.runner.spawn(
             local.workspace, command, {**(env or {}), "PORT": str(host_port)}
         )
-        self._track(local, proc)
+        self._track(local, child)
 
         async def watch() -> None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await _pump(proc, deque(maxlen=1), on_output)
-                code = await proc.wait()
+            # The server is the start command's own process: when it ends, whatever it left in
+            # the background ends too (as bubblewrap's pid namespace does), and the probe learns.
+            pump = asyncio.create_task(_pump(child, deque(maxlen=1), on_output))
+            try:
+                code = await child.process.wait()
+                await kill_group_and_wait(child.pid)
+                local.groups.discard(child.pid)
+                await _drain(pump)
+                if not pump.cancelled() and pump.exception() is not None:
+                    log.warning("sandbox.server_output_failed", sandbox_id=local.sandbox_id)
                 local.exited[port] = code
                 log.info("sandbox.server_exited", sandbox_id=local.sandbox_id, exit_code=code)
+            except asyncio.CancelledError:
+                pump.cancel()
+            finally:
+                child.close()
 
         task = asyncio.create_task(watch())
         local.tasks.add(task)
@@ -289,12 +305,8 @@ class LocalProvider:
         return f"{cfg.scheme}://{label}.{cfg.base_domain}{port}/"
 
 
-async def _pump(
-    proc: asyncio.subprocess.Process, tail: deque[str], on_output: OutputCallback | None
-) -> None:
-    async def read(stream: asyncio.StreamReader | None, name: str) -> None:
-        if stream is None:
-            return
+async def _pump(child: Child, tail: deque[str], on_output: OutputCallback | None) -> None:
+    async def read(stream: asyncio.StreamReader, name: str) -> None:
         while True:
             raw = await stream.readline()
             if not raw:
@@ -304,7 +316,30 @@ async def _pump(
             if on_output is not None:
                 await on_output(line, name)
 
-    await asyncio.gather(read(proc.stdout, "stdout"), read(proc.stderr, "stderr"))
+    await asyncio.gather(read(child.stdout, "stdout"), read(child.stderr, "stderr"))
+
+
+async def _exit_code(process: asyncio.subprocess.Process, pump: asyncio.Task[None]) -> int:
+    """The exit code of the process itself. Not EOF on its pipes: a daemon it started in the
+    background (`sleep 300 &`) holds them open. A failing output callback ends the wait."""
+    waiter = asyncio.ensure_future(process.wait())
+    try:
+        await asyncio.wait({waiter, pump}, return_when=asyncio.FIRST_COMPLETED)
+        if pump.done() and not waiter.done():
+            pump.result()  # the callback's failure, if that is what ended the pump
+        return await waiter
+    finally:
+        waiter.cancel()
+
+
+async def _drain(pump: asyncio.Task[None]) -> None:
+    """Let the reader take the output still in the pipes once the group is killed, for a bounded
+    time: a process that left the group (`setsid`) may hold them open for ever."""
+    if not pump.done():
+        await asyncio.wait({pump}, timeout=DRAIN_SECONDS)
+    if not pump.done():
+        pump.cancel()
+        await asyncio.wait({pump})
 
 
 def _write_all(workspace: Path, files: Sequence[FileData]) -> None:
@@ -361,7 +396,7 @@ async def _git_clone(
              "--branch", ref, "--", url, "."]
         )  # fmt: skip
     for argv in steps:
-        proc = await asyncio.create_subprocess_exec(
+        child = await asyncio.create_subprocess_exec(
             *argv,
             cwd=str(workspace),
             env=env,
@@ -372,11 +407,11 @@ async def _git_clone(
         )
         try:
             async with asyncio.timeout(timeout):
-                out, _ = await proc.communicate()
+                out, _ = await child.communicate()
         except TimeoutError:
-            kill_group(proc.pid)
+            kill_group(child.pid)
             raise CommandTimeout(f"git clone timed out after {timeout:g}s") from None
-        if proc.returncode != 0:
+        if child.returncode != 0:
             detail = out.decode("utf-8", "replace").strip().splitlines()[-1:] or ["failed"]
             raise ProviderError(f"git {argv[1]} failed: {detail[0][:300]}")
     with contextlib.suppress(FileNotFoundError):

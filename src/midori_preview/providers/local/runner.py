@@ -107,18 +107,64 @@ class Runner:
 
     async def spawn(
         self, workspace: Path, command: str, env: Mapping[str, str] | None = None
-    ) -> asyncio.subprocess.Process:
+    ) -> Child:
         full_env = self.environment(workspace, env)
-        return await asyncio.create_subprocess_exec(
-            *self.argv(workspace, command, full_env),
-            cwd=str(workspace),
-            env=full_env if self.bwrap is None else {"PATH": SANDBOX_PATH},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: stop kills the whole tree
-            preexec_fn=self._preexec,
-        )
+        # Pipes of our own rather than asyncio's: its `Process.wait()` also waits for EOF on
+        # them, which never comes while a daemon the command left behind holds them open.
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.argv(workspace, command, full_env),
+                cwd=str(workspace),
+                env=full_env if self.bwrap is None else {"PATH": SANDBOX_PATH},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_write,
+                stderr=err_write,
+                start_new_session=True,  # its own process group: stop kills the whole tree
+                preexec_fn=self._preexec,
+            )
+        except BaseException:
+            os.close(out_read)
+            os.close(err_read)
+            raise
+        finally:
+            os.close(out_write)  # the child holds its own copies
+            os.close(err_write)
+        stdout, out_transport = await _read_end(out_read)
+        stderr, err_transport = await _read_end(err_read)
+        return Child(process, stdout, stderr, (out_transport, err_transport))
+
+
+@dataclass(eq=False)
+class Child:
+    """A sandbox command's process (the leader of its process group) and its output streams."""
+
+    process: asyncio.subprocess.Process
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader
+    transports: tuple[asyncio.BaseTransport, ...]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def close(self) -> None:
+        """Close our ends of the output pipes (a process still writing to them gets EPIPE)."""
+        for transport in self.transports:
+            transport.close()
+
+
+async def _read_end(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    try:
+        pipe = os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    return reader, transport
 
 
 async def kill_group_and_wait(pid: int, *, timeout: float = 5.0) -> None:
