@@ -14,18 +14,24 @@ import secrets
 import shutil
 import signal
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from midori_preview.clock import Clock, ManualClock, SystemClock
 from midori_preview.providers.base import (
     CommandTimeout,
+    FileData,
     ProviderSandbox,
     SandboxSpec,
     ServerExited,
 )
 from midori_preview.providers.local import LocalProvider, LocalProviderConfig
 from midori_preview.providers.local import provider as local_provider
+from midori_preview.providers.local.proxy import PreviewProxy
 from midori_preview.providers.local.runner import Limits
 from tests.previews.helpers import pids_with_marker
 
@@ -44,7 +50,7 @@ MODES = [
 ]
 
 
-def make_provider(root: Path, isolation: str) -> LocalProvider:
+def make_provider(root: Path, isolation: str, clock: Clock | None = None) -> LocalProvider:
     return LocalProvider(
         LocalProviderConfig(
             root=root,
@@ -54,6 +60,7 @@ def make_provider(root: Path, isolation: str) -> LocalProvider:
             public_port=8000,
             scheme="http",
             signing_key=b"k" * 32,
+            clock=clock or SystemClock(),
         )
     )
 
@@ -204,3 +211,43 @@ async def test_a_running_server_answers_and_dies_with_its_sandbox(box: Box) -> N
     assert pids_with_marker(tag) != []  # a live server keeps what it started
     await box.provider.delete(box.sandbox)
     assert pids_with_marker(tag) == []
+
+
+async def wait_serving(provider: LocalProvider, sandbox: ProviderSandbox, port: int) -> None:
+    async with asyncio.timeout(STEP_TIMEOUT):
+        while not await provider.probe(sandbox, port, timeout=1):
+            await asyncio.sleep(0.02)
+
+
+async def test_times_come_from_the_providers_clock(tmp_path: Path) -> None:
+    """Creation times and signed links follow the injected clock: a signed link opens until
+    the clock passes its expiry, then answers 401."""
+    clock = ManualClock()
+    provider = make_provider(tmp_path / "sandboxes", "none", clock)
+    proxy = PreviewProxy(provider, "preview.localhost")
+    try:
+        sandbox = await provider.create(SandboxSpec("sbx1", "alice", "site"), timeout=10)
+        [info] = await provider.list_sandboxes({})
+        assert info.created_at == clock.now()
+        await provider.upload(sandbox, [FileData("index.html", b"<h1>clock</h1>")])
+        await provider.start_server(
+            sandbox, 'exec python3 -m http.server "$PORT" --bind 127.0.0.1', port=3000
+        )
+        await wait_serving(provider, sandbox, 3000)
+        link = await provider.preview_link(sandbox, 3000, open_url_ttl_seconds=60)
+        assert link.open_url_expires_at == clock.now() + timedelta(seconds=60)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            label = proxy.match(scope)
+            assert label is not None
+            await proxy.handle(scope, receive, send, label)
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+            assert (await client.get(link.open_url)).text == "<h1>clock</h1>"
+            clock.advance(59)
+            assert (await client.get(link.open_url)).status_code == 200
+            clock.advance(2)
+            assert (await client.get(link.open_url)).status_code == 401
+    finally:
+        await proxy.aclose()
+        await provider.aclose()

@@ -12,11 +12,12 @@ import socket
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 
+from midori_preview.clock import Clock, SystemClock
 from midori_preview.logging import get_logger
 from midori_preview.providers.base import (
     CommandTimeout,
@@ -56,6 +57,7 @@ class LocalProviderConfig:
     scheme: str
     signing_key: bytes
     npm_cache: Path | None = None
+    clock: Clock = field(default_factory=SystemClock)  # creation times, signed links' expiry
 
 
 @dataclass
@@ -117,7 +119,7 @@ class LocalProvider:
             root=root,
             workspace=workspace,
             labels=dict(spec.labels),
-            created_at=datetime.now(UTC),
+            created_at=self.config.clock.now(),
             token=secrets.token_urlsafe(24),
         )
         return ProviderSandbox(
@@ -285,7 +287,7 @@ class LocalProvider:
     ) -> PreviewLink:
         local = self._get(sandbox)
         cfg = self.config
-        expires = datetime.now(UTC) + timedelta(seconds=open_url_ttl_seconds)
+        expires = cfg.clock.now() + timedelta(seconds=open_url_ttl_seconds)
         label = sign_label(
             cfg.signing_key, local.sandbox_id, port, int(expires.timestamp()), local.token
         )
