@@ -39,7 +39,7 @@ from midori_preview.providers.daytona import (
     DaytonaProviderConfig,
     DaytonaSandboxFailed,
 )
-from midori_preview.providers.daytona.labels import (
+from midori_preview.providers.labels import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
     LABEL_PROJECT_ID,

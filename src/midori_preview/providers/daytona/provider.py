@@ -67,16 +67,9 @@ from midori_preview.providers.daytona.errors import (
     status_of,
     to_provider_error,
 )
-from midori_preview.providers.daytona.labels import (
-    LABEL_DEPLOYMENT,
-    LABEL_MANAGED,
-    LABEL_PROJECT_ID,
-    LABEL_SANDBOX_ID,
-    LABEL_USER_ID,
-    label_value,
-    sandbox_info,
-)
+from midori_preview.providers.daytona.labels import label_value, sandbox_info
 from midori_preview.providers.daytona.sessions import OutputLines, SessionCommands, shell_script
+from midori_preview.providers.labels import owned_selector, sandbox_labels
 
 log = structlog.get_logger(__name__)
 
@@ -340,14 +333,13 @@ class DaytonaProvider:
         self, spec: SandboxSpec
     ) -> CreateSandboxFromSnapshotParams | CreateSandboxFromImageParams:
         cfg = self._config
-        labels = {key: label_value(value) for key, value in spec.labels.items()}
-        labels |= {
-            LABEL_MANAGED: "1",
-            LABEL_DEPLOYMENT: label_value(cfg.deployment),
-            LABEL_SANDBOX_ID: label_value(spec.sandbox_id),
-            LABEL_USER_ID: label_value(spec.user_id),
-            LABEL_PROJECT_ID: label_value(spec.project_id),
-        }
+        ours = sandbox_labels(
+            deployment=cfg.deployment,
+            sandbox_id=spec.sandbox_id,
+            user_id=spec.user_id,
+            project_id=spec.project_id,
+        )
+        labels = {key: label_value(value) for key, value in {**spec.labels, **ours}.items()}
         common = {
             "labels": labels,
             "env_vars": dict(spec.env),
@@ -417,7 +409,7 @@ class DaytonaProvider:
         found: list[ProviderSandboxInfo] = []
         try:
             found = await self.list_sandboxes(
-                {LABEL_SANDBOX_ID: spec.sandbox_id, LABEL_DEPLOYMENT: self._config.deployment}
+                owned_selector(self._config.deployment, sandbox_id=spec.sandbox_id)
             )
             ids = {info.provider_id for info in found}
             if provider_id is not None:

@@ -33,6 +33,7 @@ from midori_preview.providers.base import (
     SandboxSpec,
     ServerExited,
 )
+from midori_preview.providers.labels import LABEL_SANDBOX_ID
 from midori_preview.providers.local.runner import (
     Child,
     Limits,
@@ -154,7 +155,7 @@ class LocalProvider:
         return [
             ProviderSandboxInfo(
                 provider_id=s.sandbox_id,
-                sandbox_id=s.labels.get("midori-preview/sandbox-id", s.sandbox_id),
+                sandbox_id=s.labels.get(LABEL_SANDBOX_ID, s.sandbox_id),
                 labels=dict(s.labels),
                 state=ProviderState.STARTED,
                 created_at=s.created_at,
