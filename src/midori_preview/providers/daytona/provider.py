@@ -70,6 +70,7 @@ from midori_preview.providers.daytona.errors import (
 from midori_preview.providers.daytona.labels import label_value, sandbox_info
 from midori_preview.providers.daytona.sessions import OutputLines, SessionCommands, shell_script
 from midori_preview.providers.labels import owned_selector, sandbox_labels
+from midori_preview.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -109,10 +110,12 @@ class DaytonaProvider:
         self._clock = clock or SystemClock()
         self._timeout = config.request_timeout_seconds
         self._retry = DaytonaRetry(
-            attempts=config.retry_attempts,
-            deadline_seconds=config.retry_deadline_seconds,
-            initial_backoff_seconds=config.retry_initial_backoff_seconds,
-            max_backoff_seconds=config.retry_max_backoff_seconds,
+            RetryPolicy(
+                attempts=config.retry_attempts,
+                deadline_seconds=config.retry_deadline_seconds,
+                initial_backoff_seconds=config.retry_initial_backoff_seconds,
+                max_backoff_seconds=config.retry_max_backoff_seconds,
+            )
         )
         self._sessions = SessionCommands(
             self._retry, request_timeout=self._timeout, poll_interval=config.poll_interval_seconds
