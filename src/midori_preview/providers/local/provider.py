@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import shutil
 import socket
@@ -33,15 +32,12 @@ from midori_preview.providers.base import (
     SandboxSpec,
     ServerExited,
 )
+from midori_preview.providers.files import UnsafePath, write_files
+from midori_preview.providers.git import Git, GitFailed, GitTimeout
 from midori_preview.providers.labels import LABEL_SANDBOX_ID
-from midori_preview.providers.local.runner import (
-    Child,
-    Limits,
-    Runner,
-    kill_group,
-    kill_group_and_wait,
-)
+from midori_preview.providers.local.runner import Limits, Runner
 from midori_preview.providers.local.signing import sign_label
+from midori_preview.providers.processes import Child, kill_group, kill_group_and_wait
 
 log = get_logger(__name__)
 
@@ -168,7 +164,10 @@ class LocalProvider:
 
     async def upload(self, sandbox: ProviderSandbox, files: Sequence[FileData]) -> None:
         workspace = self._get(sandbox).workspace
-        await asyncio.to_thread(_write_all, workspace, files)
+        try:
+            await asyncio.to_thread(write_files, workspace, files)
+        except UnsafePath as exc:
+            raise ProviderError(f"path escapes the workspace: {exc.path}") from None
 
     async def clone(
         self,
@@ -213,7 +212,7 @@ class LocalProvider:
         except TimeoutError:
             raise CommandTimeout(f"command timed out after {timeout:g}s") from None
         finally:
-            await kill_group_and_wait(child.pid)  # nothing a build step started outlives it
+            await child.kill()  # nothing a build step started outlives it
             local.groups.discard(child.pid)
             await _drain(pump)
             child.close()
@@ -243,7 +242,7 @@ class LocalProvider:
             pump = asyncio.create_task(_pump(child, deque(maxlen=1), on_output))
             try:
                 code = await child.process.wait()
-                await kill_group_and_wait(child.pid)
+                await child.kill()
                 local.groups.discard(child.pid)
                 await _drain(pump)
                 if not pump.cancelled() and pump.exception() is not None:
@@ -345,19 +344,6 @@ async def _drain(pump: asyncio.Task[None]) -> None:
         await asyncio.wait({pump})
 
 
-def _write_all(workspace: Path, files: Sequence[FileData]) -> None:
-    base = workspace.resolve()
-    for f in files:
-        target = (base / f.path).resolve()
-        if not target.is_relative_to(base) or target == base:
-            raise ProviderError(f"path escapes the workspace: {f.path}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # O_NOFOLLOW: a symlink planted in the workspace cannot redirect a write outside it.
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(f.content)
-
-
 async def _git_clone(
     workspace: Path,
     home: Path,
@@ -366,56 +352,22 @@ async def _git_clone(
     timeout: float,
     credentials: GitCredentials | None,
 ) -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(home),
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_ALLOW_PROTOCOL": "https:http:file",
-    }
-    if credentials is not None:
-        askpass = home / "askpass.sh"
-        askpass.write_text(
-            '#!/bin/sh\ncase "$1" in\n'
-            '  Username*) printf "%s" "$MIDORI_GIT_USERNAME" ;;\n'
-            '  *) printf "%s" "$MIDORI_GIT_PASSWORD" ;;\nesac\n'
-        )
-        askpass.chmod(0o700)
-        env |= {
-            "GIT_ASKPASS": str(askpass),
-            "MIDORI_GIT_USERNAME": credentials.username,
-            "MIDORI_GIT_PASSWORD": credentials.password,
-        }
     is_sha = ref is not None and len(ref) == 40 and all(c in "0123456789abcdef" for c in ref)
     steps: list[list[str]] = []
     if ref is None or is_sha:
-        steps.append(["git", "clone", "--quiet", "--no-recurse-submodules", "--", url, "."])
+        steps.append(["clone", "--quiet", "--no-recurse-submodules", "--", url, "."])
         if is_sha:
-            steps.append(["git", "-c", "advice.detachedHead=false", "checkout", "-q", ref or ""])
+            steps.append(["-c", "advice.detachedHead=false", "checkout", "-q", ref or ""])
     else:
         steps.append(
-            ["git", "clone", "--quiet", "--depth", "1", "--no-recurse-submodules",
+            ["clone", "--quiet", "--depth", "1", "--no-recurse-submodules",
              "--branch", ref, "--", url, "."]
         )  # fmt: skip
-    for argv in steps:
-        child = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(workspace),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            async with asyncio.timeout(timeout):
-                out, _ = await child.communicate()
-        except TimeoutError:
-            kill_group(child.pid)
-            raise CommandTimeout(f"git clone timed out after {timeout:g}s") from None
-        if child.returncode != 0:
-            detail = out.decode("utf-8", "replace").strip().splitlines()[-1:] or ["failed"]
-            raise ProviderError(f"git {argv[1]} failed: {detail[0][:300]}")
-    with contextlib.suppress(FileNotFoundError):
-        (home / "askpass.sh").unlink()
+    with Git(home=home, timeout=timeout, credentials=credentials) as git:
+        for args in steps:
+            try:
+                await git.run(*args, cwd=workspace)
+            except GitTimeout:
+                raise CommandTimeout(f"git clone timed out after {timeout:g}s") from None
+            except GitFailed as exc:
+                raise ProviderError(str(exc)) from None
