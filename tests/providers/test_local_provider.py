@@ -251,3 +251,11 @@ async def test_times_come_from_the_providers_clock(tmp_path: Path) -> None:
     finally:
         await proxy.aclose()
         await provider.aclose()
+
+
+async def test_a_sandbox_is_attached_from_its_stored_ids(box: Box) -> None:
+    again = box.provider.attach(box.sandbox.provider_id, box.sandbox.sandbox_id)
+    assert again == box.sandbox
+    await box.provider.upload(again, [FileData("a.txt", b"attached")])
+    result = await box.provider.exec(again, "cat a.txt; echo; pwd", timeout=STEP_TIMEOUT)
+    assert list(result.output_tail) == ["attached", box.sandbox.workdir]

@@ -42,7 +42,6 @@ from midori_preview.providers.base import (
     FileData,
     GitCredentials,
     ProviderError,
-    ProviderSandbox,
 )
 from midori_preview.providers.files import (
     ArchiveLimits,
@@ -206,7 +205,7 @@ class RepoExporter:
 
     async def _read_back(self, sandbox: _Running) -> list[FileData]:
         provider = self.previews.provider
-        handle = ProviderSandbox(provider.name, sandbox.provider_id, sandbox.id, "")
+        handle = provider.attach(sandbox.provider_id, sandbox.id)
         limits = ArchiveLimits(
             max_files=self.settings.max_files,
             max_bytes=self.settings.max_request_bytes,

@@ -171,6 +171,9 @@ class DaytonaProvider:
         log.info("daytona.sandbox_created", sandbox_id=spec.sandbox_id, provider_id=sandbox.id)
         return ProviderSandbox(self.name, sandbox.id, spec.sandbox_id, self._config.workdir)
 
+    def attach(self, provider_id: str, sandbox_id: str) -> ProviderSandbox:
+        return ProviderSandbox(self.name, provider_id, sandbox_id, self._config.workdir)
+
     async def upload(self, sandbox: ProviderSandbox, files: Sequence[FileData]) -> None:
         if not files:
             return

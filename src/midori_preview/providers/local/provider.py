@@ -119,12 +119,11 @@ class LocalProvider:
             created_at=self.config.clock.now(),
             token=secrets.token_urlsafe(24),
         )
-        return ProviderSandbox(
-            provider=self.name,
-            provider_id=spec.sandbox_id,
-            sandbox_id=spec.sandbox_id,
-            workdir=self.runner.workdir(workspace),
-        )
+        return self.attach(spec.sandbox_id, spec.sandbox_id)
+
+    def attach(self, provider_id: str, sandbox_id: str) -> ProviderSandbox:
+        workspace = self.config.root / provider_id / "work"
+        return ProviderSandbox(self.name, provider_id, sandbox_id, self.runner.workdir(workspace))
 
     def _get(self, sandbox: ProviderSandbox) -> _Local:
         local = self._sandboxes.get(sandbox.provider_id)
@@ -144,7 +143,7 @@ class LocalProvider:
 
     async def aclose(self) -> None:
         for sandbox_id in list(self._sandboxes):
-            await self.delete(ProviderSandbox(self.name, sandbox_id, sandbox_id, ""))
+            await self.delete(self.attach(sandbox_id, sandbox_id))
         await self._http.aclose()
 
     async def list_sandboxes(self, labels: Mapping[str, str]) -> list[ProviderSandboxInfo]:
