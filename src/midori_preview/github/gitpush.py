@@ -38,6 +38,7 @@ from midori_preview.logging import get_logger
 from midori_preview.previews.schemas import CreatePreview
 from midori_preview.previews.service import PreviewService
 from midori_preview.previews.sources import plan_for, validate_path
+from midori_preview.previews.states import SandboxStatus
 from midori_preview.providers.base import (
     FileData,
     GitCredentials,
@@ -191,7 +192,7 @@ class RepoExporter:
             rows = [
                 r
                 for r in await repo.live_for_user(user_id)
-                if r.project_id == body.project_id and r.status == "running"
+                if r.project_id == body.project_id and r.status == SandboxStatus.RUNNING
             ]
             if not rows:
                 raise SandboxNotFound(
@@ -199,7 +200,7 @@ class RepoExporter:
                     projectId=body.project_id,
                 )
             row = rows[-1]
-        if row.status != "running" or not row.provider_id:
+        if row.status != SandboxStatus.RUNNING or not row.provider_id:
             raise SandboxNotRunning("The preview must be running to copy its files.")
         return _Running(row.id, row.provider_id, row.project_id)
 
