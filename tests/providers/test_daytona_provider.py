@@ -40,7 +40,8 @@ from midori_preview.providers.daytona import (
     DaytonaProviderConfig,
     DaytonaSandboxFailed,
 )
-from midori_preview.providers.daytona_labels import (
+from midori_preview.providers.files import ArchiveLimits, read_archive
+from midori_preview.providers.labels import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
     LABEL_PROJECT_ID,
@@ -122,6 +123,20 @@ def api_counts(emulator: DaytonaEmulator) -> Counter[str]:
 
 def test_provider_satisfies_the_port(emulator: DaytonaEmulator) -> None:
     assert isinstance(DaytonaProvider(make_config(emulator)), SandboxProvider)
+
+
+async def test_a_sandbox_is_attached_from_its_stored_ids(provider: DaytonaProvider) -> None:
+    """A handle made from the ids a row keeps works like the one create returned: commands run
+    in the workdir (a session starts in the home directory, one level up)."""
+    created = await provider.create(spec(), timeout=30)
+    again = provider.attach(created.provider_id, created.sandbox_id)
+    assert again == created
+    await provider.upload(again, [FileData("index.html", b"hi")])
+    limits = ArchiveLimits(max_files=10, max_bytes=10_000)
+    assert await read_archive(provider, again, timeout=30, limits=limits) == [
+        FileData("index.html", b"hi")
+    ]
+    await provider.delete(again)
 
 
 async def test_preview_lifecycle_end_to_end(

@@ -5,7 +5,6 @@ its own error tree. Vendor text never leaves this module; tokens are never logge
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,10 +13,10 @@ from urllib.parse import quote
 
 import httpx
 import jwt
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from midori_preview.errors import ServiceError
 from midori_preview.logging import get_logger
+from midori_preview.retry import RetryPolicy
 
 log = get_logger(__name__)
 
@@ -109,6 +108,11 @@ def _retry_after(res: httpx.Response) -> float | None:
     return None
 
 
+def _retry_hint(exc: BaseException) -> float | None:
+    """GitHub's own wait (Retry-After / X-RateLimit-Reset), read when the answer was classified."""
+    return exc.retry_after if isinstance(exc, GitHubError) else None
+
+
 def classify(res: httpx.Response, what: str) -> GitHubError:
     """Our error for a non-2xx answer (GitHub's body is not passed on)."""
     status = res.status_code
@@ -150,9 +154,10 @@ class GitHubClient:
         self.api_url = api_url.rstrip("/")
         self._token = token
         self._app = app
-        self.attempts = max(attempts, 1)
-        self.backoff = backoff
         self.max_wait = max_wait
+        self._retry = RetryPolicy(
+            attempts=max(attempts, 1), initial_backoff_seconds=backoff, max_backoff_seconds=max_wait
+        )
         self._http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
         self._owns_http = http is None
         self._installation_tokens: dict[int, _CachedToken] = {}
@@ -172,14 +177,6 @@ class GitHubClient:
 
     # --- transport --------------------------------------------------------------------------
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        after = exc.retry_after if isinstance(exc, GitHubError) else None
-        if after is not None:
-            return min(after, self.max_wait)
-        delay = self.backoff * 2 ** (state.attempt_number - 1)
-        return float(min(delay * (0.8 + 0.4 * random.random()), self.max_wait))
-
     def _should_retry(self, exc: BaseException) -> bool:
         if not isinstance(exc, GitHubError) or not exc.retryable:
             return False
@@ -196,12 +193,7 @@ class GitHubClient:
         params: dict[str, Any] | None = None,
         what: str,
     ) -> httpx.Response:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.attempts),
-            retry=retry_if_exception(self._should_retry),
-            wait=self._wait,
-            reraise=True,
-        )
+        retrying = self._retry.retrying(retry_if=self._should_retry, retry_after=_retry_hint)
         async for attempt in retrying:
             with attempt:
                 return await self._once(method, path, bearer, json, params, what)

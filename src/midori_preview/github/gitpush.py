@@ -1,20 +1,15 @@
 """Preview repositories: create a GitHub repository and push a project's files (plus a README) on
 branch `preview`.
 
-Git gets the token only through its environment: `GIT_ASKPASS` points at a script that prints
-`$MIDORI_GIT_TOKEN`. The remote URL, every argv, `.git/config` and the logs never carry it."""
+Git runs through `providers.git.Git`: the token reaches it only through its environment, handed
+over by `GIT_ASKPASS`. The remote URL, every argv, `.git/config` and the logs never carry it."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import io
-import os
 import shutil
-import tarfile
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -43,26 +38,39 @@ from midori_preview.logging import get_logger
 from midori_preview.previews.schemas import CreatePreview
 from midori_preview.previews.service import PreviewService
 from midori_preview.previews.sources import plan_for, validate_path
-from midori_preview.providers.base import FileData, ProviderError, ProviderSandbox
+from midori_preview.previews.states import SandboxStatus
+from midori_preview.providers.base import (
+    FileData,
+    GitCredentials,
+    ProviderError,
+)
+from midori_preview.providers.files import (
+    ArchiveLimits,
+    ArchiveReadFailed,
+    ArchiveTooLarge,
+    EmptyArchive,
+    UnsafeArchive,
+    UnsafePath,
+    read_archive,
+    write_files,
+)
+from midori_preview.providers.git import Git, GitFailed, GitTimeout
 from midori_preview.settings import Settings
 
 log = get_logger(__name__)
 
-GIT = "git"  # resolved on GIT_PATH; tests point it at a recording wrapper
-GIT_PATH = "/usr/bin:/bin"
+GIT = "git"  # resolved on git's PATH; tests point it at a recording wrapper
 BRANCH = "preview"
-TOKEN_ENV = "MIDORI_GIT_TOKEN"  # noqa: S105 - the name of the variable, not a secret
+PUSH_USERNAME = "x-access-token"  # how GitHub takes an app or personal token over HTTPS
+AUTHOR = {
+    "GIT_AUTHOR_NAME": "midori-preview",
+    "GIT_AUTHOR_EMAIL": "midori-preview@users.noreply.github.com",
+    "GIT_COMMITTER_NAME": "midori-preview",
+    "GIT_COMMITTER_EMAIL": "midori-preview@users.noreply.github.com",
+}
 REPOS_PER_MINUTE = 5
-ASKPASS = f"""#!/bin/sh
-case "$1" in
-  Username*) printf '%s\\n' x-access-token ;;
-  *) printf '%s\\n' "${TOKEN_ENV}" ;;
-esac
-"""
-# Read a sandbox's files back through the provider port: one command, its output base64 lines.
-READ_BACK = (
-    "tar -c -f - --exclude=node_modules --exclude=.git --exclude=.cache --exclude=.npm . | base64"
-)
+# What a preview's files are read back without (`providers.files.read_archive`).
+READ_BACK_EXCLUDES = ("node_modules", ".git", ".cache", ".npm")
 
 
 class RepoExporter:
@@ -184,7 +192,7 @@ class RepoExporter:
             rows = [
                 r
                 for r in await repo.live_for_user(user_id)
-                if r.project_id == body.project_id and r.status == "running"
+                if r.project_id == body.project_id and r.status == SandboxStatus.RUNNING
             ]
             if not rows:
                 raise SandboxNotFound(
@@ -192,36 +200,40 @@ class RepoExporter:
                     projectId=body.project_id,
                 )
             row = rows[-1]
-        if row.status != "running" or not row.provider_id:
+        if row.status != SandboxStatus.RUNNING or not row.provider_id:
             raise SandboxNotRunning("The preview must be running to copy its files.")
         return _Running(row.id, row.provider_id, row.project_id)
 
     async def _read_back(self, sandbox: _Running) -> list[FileData]:
         provider = self.previews.provider
-        handle = ProviderSandbox(provider.name, sandbox.provider_id, sandbox.id, "")
-        cap = self.settings.max_request_bytes * 4 // 3 + 4096
-        lines: list[str] = []
-        size = 0
-
-        async def collect(line: str, stream: str) -> None:
-            nonlocal size
-            if stream != "stdout":
-                return
-            size += len(line)
-            if size <= cap:
-                lines.append(line.strip())
-
+        handle = provider.attach(sandbox.provider_id, sandbox.id)
+        limits = ArchiveLimits(
+            max_files=self.settings.max_files,
+            max_bytes=self.settings.max_request_bytes,
+            skip_unsafe=True,  # a committed symlink is no reason to refuse the rest
+        )
         try:
-            result = await provider.exec(
-                handle, READ_BACK, timeout=self.settings.upload_timeout_seconds, on_output=collect
+            return await read_archive(
+                provider,
+                handle,
+                exclude=READ_BACK_EXCLUDES,
+                timeout=self.settings.upload_timeout_seconds,
+                limits=limits,
             )
+        except ArchiveTooLarge as exc:
+            if exc.kind == "files":
+                raise PayloadTooLarge(f"at most {limits.max_files} files per repository") from None
+            raise PayloadTooLarge(
+                "The preview's files are larger than MAX_REQUEST_BYTES."
+            ) from None
+        except EmptyArchive:
+            raise RepoPushFailed("The preview has no files to push.") from None
+        except UnsafeArchive:
+            raise RepoPushFailed("The preview's files could not be read back.") from None
+        except ArchiveReadFailed:
+            raise RepoPushFailed("Could not read the preview's files.") from None
         except ProviderError as exc:
             raise RepoPushFailed(f"Could not read the preview's files ({exc.code}).") from None
-        if size > cap:
-            raise PayloadTooLarge("The preview's files are larger than MAX_REQUEST_BYTES.")
-        if result.exit_code != 0:
-            raise RepoPushFailed("Could not read the preview's files.")
-        return _untar("".join(lines), self.settings.max_files)
 
 
 class _Running:
@@ -229,33 +241,6 @@ class _Running:
         self.id = sandbox_id
         self.provider_id = provider_id
         self.project_id = project_id
-
-
-def _untar(encoded: str, max_files: int) -> list[FileData]:
-    """Regular files of the archive, paths checked; links and devices are left out."""
-    files: list[FileData] = []
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
-            for member in archive.getmembers():
-                if not member.isfile():
-                    continue
-                path = member.name.removeprefix("./")
-                try:
-                    validate_path(path)
-                except ValidationFailed:
-                    continue
-                data = archive.extractfile(member)
-                if data is None:
-                    continue
-                files.append(FileData(path, data.read()))
-                if len(files) > max_files:
-                    raise PayloadTooLarge(f"at most {max_files} files per repository")
-    except (binascii.Error, ValueError, tarfile.TarError):
-        raise RepoPushFailed("The preview's files could not be read back.") from None
-    if not files:
-        raise RepoPushFailed("The preview has no files to push.")
-    return files
 
 
 def readme(full_name: str, project: str, files: Sequence[FileData]) -> str:
@@ -309,31 +294,21 @@ async def push_files(
     """Commit `files` in a fresh repository and push it to `url` as `branch`: the commit sha."""
     root = await asyncio.to_thread(_scratch_dir, scratch)
     try:
-        work, home, askpass = root / "repo", root / "home", root / "askpass.sh"
-        await asyncio.to_thread(_write_tree, work, home, askpass, files)
-        env = {
-            "PATH": GIT_PATH,
-            "HOME": str(home),
-            "LANG": "C.UTF-8",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_ASKPASS": str(askpass),
-            TOKEN_ENV: token,
-            "GIT_ALLOW_PROTOCOL": "https:http:file",
-            "GIT_AUTHOR_NAME": "midori-preview",
-            "GIT_AUTHOR_EMAIL": "midori-preview@users.noreply.github.com",
-            "GIT_COMMITTER_NAME": "midori-preview",
-            "GIT_COMMITTER_EMAIL": "midori-preview@users.noreply.github.com",
-        }
-        await _git(work, env, timeout, token, "init", "-q", "--template=", "-b", branch)
-        await _git(work, env, timeout, token, "add", "-A")
-        await _git(work, env, timeout, token, "commit", "-q", "--no-verify", "-m", message)
-        sha = (await _git(work, env, timeout, token, "rev-parse", "HEAD")).strip()
-        await _git(
-            work, env, timeout, token,
-            "-c", "credential.helper=", "push", "-q", "--", url, f"HEAD:refs/heads/{branch}",
-        )  # fmt: skip
+        work, home = root / "repo", root / "home"
+        await asyncio.to_thread(_write_tree, work, home, files)
+        git = Git(
+            home=home,
+            timeout=timeout,
+            credentials=GitCredentials(PUSH_USERNAME, token),
+            executable=GIT,
+            env=AUTHOR,
+        )
+        with git:
+            await _git(git, work, "init", "-q", "--template=", "-b", branch)
+            await _git(git, work, "add", "-A")
+            await _git(git, work, "commit", "-q", "--no-verify", "-m", message)
+            sha = (await _git(git, work, "rev-parse", "HEAD")).strip()
+            await _git(git, work, "push", "-q", "--", url, f"HEAD:refs/heads/{branch}")
         return sha
     finally:
         await asyncio.to_thread(shutil.rmtree, root, True)
@@ -344,48 +319,23 @@ def _scratch_dir(scratch: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="push-", dir=scratch))
 
 
-def _write_tree(work: Path, home: Path, askpass: Path, files: Sequence[FileData]) -> None:
-    askpass.write_text(ASKPASS)
-    askpass.chmod(0o700)
+def _write_tree(work: Path, home: Path, files: Sequence[FileData]) -> None:
     home.mkdir(parents=True)
     work.mkdir(parents=True)
-    base = work.resolve()
     for f in files:
-        target = (base / validate_path(f.path)).resolve()
-        if not target.is_relative_to(base) or target == base or ".git" in Path(f.path).parts:
+        if ".git" in validate_path(f.path).split("/"):
             raise ValidationFailed(f"invalid file path {f.path!r}", path=f.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(f.content)
-
-
-async def _git(cwd: Path, env: Mapping[str, str], timeout: float, token: str, *args: str) -> str:
-    step = next((a for a in args if not a.startswith("-") and "=" not in a), "git")
-    proc = await asyncio.create_subprocess_exec(
-        GIT,
-        *args,
-        cwd=str(cwd),
-        env=dict(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
     try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RepoPushFailed(f"git {step} timed out") from None
-    if proc.returncode != 0:
-        detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["failed"]
-        log.warning(
-            "github.git_failed",
-            step=step,
-            exit_code=proc.returncode,
-            detail=detail[0].replace(token, "[redacted]")[:300] if token else detail[0][:300],
-        )
-        raise RepoPushFailed(f"git {step} failed")
-    return out.decode("utf-8", "replace")
+        write_files(work, files)
+    except UnsafePath as exc:
+        raise ValidationFailed(f"invalid file path {exc.path!r}", path=exc.path) from None
+
+
+async def _git(git: Git, cwd: Path, *args: str) -> str:
+    try:
+        return await git.run(*args, cwd=cwd)
+    except GitTimeout as exc:
+        raise RepoPushFailed(f"git {exc.step} timed out") from None
+    except GitFailed as exc:
+        log.warning("github.git_failed", step=exc.step, exit_code=exc.exit_code, detail=exc.detail)
+        raise RepoPushFailed(f"git {exc.step} failed") from None

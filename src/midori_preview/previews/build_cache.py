@@ -1,24 +1,28 @@
 """Built output of templates whose build does not depend on the promptJson (the vite template
 reads its prompt.json at run time), kept per template version: after the first real
 `npm ci` + `vite build`, a preview of that template only uploads the built files and its own
-prompt.json and serves them — about the cost of a static preview."""
+prompt.json and serves them — about the cost of a static preview.
+
+On disk each entry is one `tar.gz` (`providers.files.pack`); whatever is read from it or
+offered to it goes through `providers.files.untar`, so only safe regular files ever get in."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import os
-import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from midori_preview.logging import get_logger
 from midori_preview.providers.base import FileData
+from midori_preview.providers.files import ArchiveLimits, UnsafeArchive, UnsafePath, pack, untar
 
 log = get_logger(__name__)
 
 MAX_BYTES = 50 * 1024 * 1024
 MAX_FILES = 2000
+LIMITS = ArchiveLimits(max_files=MAX_FILES, max_bytes=MAX_BYTES)
 
 
 class BuildCache:
@@ -36,24 +40,36 @@ class BuildCache:
         if not path.exists():
             return None
         try:
-            files = unpack(path.read_bytes())
-        except (OSError, ValueError, tarfile.TarError):
+            files = untar(path.read_bytes(), LIMITS)
+        except (OSError, UnsafeArchive):
             log.warning("build_cache.unreadable", key=key)
             return None
         self._memory[key] = files
         return files
 
-    async def put(self, key: str, archive: bytes) -> bool:
-        """Keep a `tar.gz` of built files (regular files only, checked paths and sizes)."""
+    async def store(self, key: str, files: Sequence[FileData]) -> bool:
+        """Keep built files (as read back by `providers.files.read_archive` under `LIMITS`)."""
         try:
-            files = unpack(archive)
-        except (ValueError, tarfile.TarError) as exc:
+            archive = pack(files)
+            kept = untar(archive, LIMITS)  # the same bounds whichever way files come in
+        except (UnsafeArchive, UnsafePath) as exc:
             log.warning("build_cache.rejected", key=key, reason=str(exc)[:200])
             return False
         await asyncio.to_thread(self._write, key, archive)
-        self._memory[key] = files
-        log.info("build_cache.stored", key=key, files=len(files))
+        self._memory[key] = kept
+        log.info("build_cache.stored", key=key, files=len(kept))
         return True
+
+    async def put(self, key: str, archive: bytes) -> bool:
+        """Keep a `tar.gz` of built files (regular files only, checked paths and sizes).
+
+        Superseded by `store`: the pipeline's read-back goes through `read_archive`."""
+        try:
+            files = untar(archive, LIMITS)
+        except UnsafeArchive as exc:
+            log.warning("build_cache.rejected", key=key, reason=str(exc)[:200])
+            return False
+        return await self.store(key, files)
 
     def _write(self, key: str, archive: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -61,30 +77,3 @@ class BuildCache:
         with os.fdopen(fd, "wb") as out:
             out.write(archive)
         os.replace(tmp, self._path(key))  # atomic: readers see all of it or nothing
-
-
-def unpack(archive: bytes) -> list[FileData]:
-    if len(archive) > MAX_BYTES:
-        raise ValueError("archive too large")
-    files: list[FileData] = []
-    total = 0
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        for member in tar:
-            if member.isdir():
-                continue
-            if not member.isfile():
-                raise ValueError(f"not a regular file: {member.name}")
-            name = member.name.removeprefix("./")
-            parts = name.split("/")
-            if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-                raise ValueError(f"unsafe path: {member.name}")
-            total += member.size
-            if total > MAX_BYTES or len(files) >= MAX_FILES:
-                raise ValueError("build output too large")
-            data = tar.extractfile(member)
-            if data is None:
-                raise ValueError(f"unreadable: {member.name}")
-            files.append(FileData(name, data.read()))
-    if not files:
-        raise ValueError("empty build output")
-    return files

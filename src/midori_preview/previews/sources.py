@@ -16,10 +16,10 @@ from urllib.parse import unquote, urlsplit
 from midori_preview.errors import PayloadTooLarge, ValidationFailed
 from midori_preview.previews.schemas import CreatePreview
 from midori_preview.providers.base import FileData
+from midori_preview.providers.commands import STATIC_SERVER, static_server
 from midori_preview.templates import PROMPT_FILE, prompt_file_bytes, render_template
 
 DEFAULT_PORT = 3000
-STATIC_SERVER = 'python3 -m http.server "$PORT" --bind 127.0.0.1'
 SAFE_REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,255}(?<!\.lock)(?<!/)$")
 
 
@@ -193,7 +193,7 @@ def detected_commands(output: list[str]) -> tuple[str | None, str | None, str, i
         start = spec.get("start")
         if start is None and out_dir:
             validate_path(str(out_dir))
-            start = f"{STATIC_SERVER} --directory {_quote(str(out_dir))}"
+            start = static_server(str(out_dir))
         port = spec.get("port")
         return (
             _str_or_none(spec.get("install")),
@@ -221,9 +221,3 @@ def _serve_first_of_dist() -> str:
 
 def _str_or_none(value: Any) -> str | None:
     return str(value) if isinstance(value, str) and value.strip() else None
-
-
-def _quote(value: str) -> str:
-    import shlex
-
-    return shlex.quote(value)

@@ -183,6 +183,11 @@ class SandboxProvider(Protocol):
         """Create and start a sandbox; on timeout nothing it made may be left behind."""
         ...
 
+    def attach(self, provider_id: str, sandbox_id: str) -> ProviderSandbox:
+        """A handle on a sandbox this provider created earlier, from the ids stored with it (no
+        call to the provider): what every operation on an existing sandbox starts from."""
+        ...
+
     async def upload(self, sandbox: ProviderSandbox, files: Sequence[FileData]) -> None:
         """Write all files into the sandbox's workdir in one bulk operation, byte-exact."""
         ...

@@ -19,6 +19,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from midori_preview.providers.commands import static_server
 from midori_preview.templates import content
 
 __all__ = [
@@ -32,10 +33,10 @@ __all__ = [
 
 TEMPLATES = ("static", "vite")
 PROMPT_FILE = "prompt.json"
-SERVE = 'python3 -m http.server "$PORT" --bind 127.0.0.1'
+SERVE = static_server()
 VITE_INSTALL = "npm ci --no-audit --no-fund"
 VITE_BUILD = "npm run build"
-VITE_START = SERVE + " --directory dist"
+VITE_START = static_server("dist")
 _NAV_LIMIT = 6
 # Never shipped from a template directory, should a developer have run npm in it.
 _SKIPPED = frozenset({"__pycache__", "node_modules", "dist", ".DS_Store"})

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import shutil
 import socket
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 
+from midori_preview.clock import Clock, SystemClock
 from midori_preview.logging import get_logger
 from midori_preview.providers.base import (
     CommandTimeout,
@@ -32,15 +32,16 @@ from midori_preview.providers.base import (
     SandboxSpec,
     ServerExited,
 )
-from midori_preview.providers.local.runner import (
-    Limits,
-    Runner,
-    kill_group,
-    kill_group_and_wait,
-)
+from midori_preview.providers.files import UnsafePath, write_files
+from midori_preview.providers.git import Git, GitFailed, GitTimeout
+from midori_preview.providers.labels import LABEL_SANDBOX_ID
+from midori_preview.providers.local.runner import Limits, Runner
 from midori_preview.providers.local.signing import sign_label
+from midori_preview.providers.processes import Child, kill_group, kill_group_and_wait
 
 log = get_logger(__name__)
+
+DRAIN_SECONDS = 2.0  # output left in a finished command's pipes is read for at most this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class LocalProviderConfig:
     scheme: str
     signing_key: bytes
     npm_cache: Path | None = None
+    clock: Clock = field(default_factory=SystemClock)  # creation times, signed links' expiry
 
 
 @dataclass
@@ -98,7 +100,7 @@ class LocalProvider:
             pid_file = path / "pgids"
             if pid_file.exists():
                 for pgid in pid_file.read_text().split():
-                    cwd = Path(f"/proc/{pgid}/cwd")
+                    cwd = Path(f"/child/{pgid}/cwd")
                     with contextlib.suppress(OSError):
                         if str(cwd.resolve()).startswith(str(path.resolve())):
                             kill_group(int(pgid))
@@ -114,15 +116,14 @@ class LocalProvider:
             root=root,
             workspace=workspace,
             labels=dict(spec.labels),
-            created_at=datetime.now(UTC),
+            created_at=self.config.clock.now(),
             token=secrets.token_urlsafe(24),
         )
-        return ProviderSandbox(
-            provider=self.name,
-            provider_id=spec.sandbox_id,
-            sandbox_id=spec.sandbox_id,
-            workdir=self.runner.workdir(workspace),
-        )
+        return self.attach(spec.sandbox_id, spec.sandbox_id)
+
+    def attach(self, provider_id: str, sandbox_id: str) -> ProviderSandbox:
+        workspace = self.config.root / provider_id / "work"
+        return ProviderSandbox(self.name, provider_id, sandbox_id, self.runner.workdir(workspace))
 
     def _get(self, sandbox: ProviderSandbox) -> _Local:
         local = self._sandboxes.get(sandbox.provider_id)
@@ -142,14 +143,14 @@ class LocalProvider:
 
     async def aclose(self) -> None:
         for sandbox_id in list(self._sandboxes):
-            await self.delete(ProviderSandbox(self.name, sandbox_id, sandbox_id, ""))
+            await self.delete(self.attach(sandbox_id, sandbox_id))
         await self._http.aclose()
 
     async def list_sandboxes(self, labels: Mapping[str, str]) -> list[ProviderSandboxInfo]:
         return [
             ProviderSandboxInfo(
                 provider_id=s.sandbox_id,
-                sandbox_id=s.labels.get("midori-preview/sandbox-id", s.sandbox_id),
+                sandbox_id=s.labels.get(LABEL_SANDBOX_ID, s.sandbox_id),
                 labels=dict(s.labels),
                 state=ProviderState.STARTED,
                 created_at=s.created_at,
@@ -162,7 +163,10 @@ class LocalProvider:
 
     async def upload(self, sandbox: ProviderSandbox, files: Sequence[FileData]) -> None:
         workspace = self._get(sandbox).workspace
-        await asyncio.to_thread(_write_all, workspace, files)
+        try:
+            await asyncio.to_thread(write_files, workspace, files)
+        except UnsafePath as exc:
+            raise ProviderError(f"path escapes the workspace: {exc.path}") from None
 
     async def clone(
         self,
@@ -182,10 +186,10 @@ class LocalProvider:
         """Local sandboxes keep no idle clock of their own: the reaper alone stops them."""
         return False
 
-    def _track(self, local: _Local, proc: asyncio.subprocess.Process) -> None:
-        local.groups.add(proc.pid)
+    def _track(self, local: _Local, child: Child) -> None:
+        local.groups.add(child.pid)
         with open(local.root / "pgids", "a") as f:
-            f.write(f"{proc.pid}\n")
+            f.write(f"{child.pid}\n")
 
     async def exec(
         self,
@@ -197,20 +201,22 @@ class LocalProvider:
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
         local = self._get(sandbox)
-        proc = await self.runner.spawn(local.workspace, command, env)
-        self._track(local, proc)
+        child = await self.runner.spawn(local.workspace, command, env)
+        self._track(local, child)
         tail: deque[str] = deque(maxlen=50)
+        pump = asyncio.create_task(_pump(child, tail, on_output))
         try:
             async with asyncio.timeout(timeout):
-                await _pump(proc, tail, on_output)
-                code = await proc.wait()
+                code = await _exit_code(child.process, pump)
         except TimeoutError:
-            kill_group(proc.pid)
-            await proc.wait()
             raise CommandTimeout(f"command timed out after {timeout:g}s") from None
         finally:
-            await kill_group_and_wait(proc.pid)  # nothing a build step started outlives it
-            local.groups.discard(proc.pid)
+            await child.kill()  # nothing a build step started outlives it
+            local.groups.discard(child.pid)
+            await _drain(pump)
+            child.close()
+        if not pump.cancelled() and (failed := pump.exception()) is not None:
+            raise failed  # the output callback failed
         return ExecResult(exit_code=code, output_tail=list(tail))
 
     async def start_server(
@@ -224,17 +230,28 @@ class LocalProvider:
     ) -> None:
         local = self._get(sandbox)
         host_port = local.ports.setdefault(port, _free_port())
-        proc = await self.runner.spawn(
+        child = await self.runner.spawn(
             local.workspace, command, {**(env or {}), "PORT": str(host_port)}
         )
-        self._track(local, proc)
+        self._track(local, child)
 
         async def watch() -> None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await _pump(proc, deque(maxlen=1), on_output)
-                code = await proc.wait()
+            # The server is the start command's own process: when it ends, whatever it left in
+            # the background ends too (as bubblewrap's pid namespace does), and the probe learns.
+            pump = asyncio.create_task(_pump(child, deque(maxlen=1), on_output))
+            try:
+                code = await child.process.wait()
+                await child.kill()
+                local.groups.discard(child.pid)
+                await _drain(pump)
+                if not pump.cancelled() and pump.exception() is not None:
+                    log.warning("sandbox.server_output_failed", sandbox_id=local.sandbox_id)
                 local.exited[port] = code
                 log.info("sandbox.server_exited", sandbox_id=local.sandbox_id, exit_code=code)
+            except asyncio.CancelledError:
+                pump.cancel()
+            finally:
+                child.close()
 
         task = asyncio.create_task(watch())
         local.tasks.add(task)
@@ -269,7 +286,7 @@ class LocalProvider:
     ) -> PreviewLink:
         local = self._get(sandbox)
         cfg = self.config
-        expires = datetime.now(UTC) + timedelta(seconds=open_url_ttl_seconds)
+        expires = cfg.clock.now() + timedelta(seconds=open_url_ttl_seconds)
         label = sign_label(
             cfg.signing_key, local.sandbox_id, port, int(expires.timestamp()), local.token
         )
@@ -289,12 +306,8 @@ class LocalProvider:
         return f"{cfg.scheme}://{label}.{cfg.base_domain}{port}/"
 
 
-async def _pump(
-    proc: asyncio.subprocess.Process, tail: deque[str], on_output: OutputCallback | None
-) -> None:
-    async def read(stream: asyncio.StreamReader | None, name: str) -> None:
-        if stream is None:
-            return
+async def _pump(child: Child, tail: deque[str], on_output: OutputCallback | None) -> None:
+    async def read(stream: asyncio.StreamReader, name: str) -> None:
         while True:
             raw = await stream.readline()
             if not raw:
@@ -304,20 +317,30 @@ async def _pump(
             if on_output is not None:
                 await on_output(line, name)
 
-    await asyncio.gather(read(proc.stdout, "stdout"), read(proc.stderr, "stderr"))
+    await asyncio.gather(read(child.stdout, "stdout"), read(child.stderr, "stderr"))
 
 
-def _write_all(workspace: Path, files: Sequence[FileData]) -> None:
-    base = workspace.resolve()
-    for f in files:
-        target = (base / f.path).resolve()
-        if not target.is_relative_to(base) or target == base:
-            raise ProviderError(f"path escapes the workspace: {f.path}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # O_NOFOLLOW: a symlink planted in the workspace cannot redirect a write outside it.
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(f.content)
+async def _exit_code(process: asyncio.subprocess.Process, pump: asyncio.Task[None]) -> int:
+    """The exit code of the process itself. Not EOF on its pipes: a daemon it started in the
+    background (`sleep 300 &`) holds them open. A failing output callback ends the wait."""
+    waiter = asyncio.ensure_future(process.wait())
+    try:
+        await asyncio.wait({waiter, pump}, return_when=asyncio.FIRST_COMPLETED)
+        if pump.done() and not waiter.done():
+            pump.result()  # the callback's failure, if that is what ended the pump
+        return await waiter
+    finally:
+        waiter.cancel()
+
+
+async def _drain(pump: asyncio.Task[None]) -> None:
+    """Let the reader take the output still in the pipes once the group is killed, for a bounded
+    time: a process that left the group (`setsid`) may hold them open for ever."""
+    if not pump.done():
+        await asyncio.wait({pump}, timeout=DRAIN_SECONDS)
+    if not pump.done():
+        pump.cancel()
+        await asyncio.wait({pump})
 
 
 async def _git_clone(
@@ -328,56 +351,22 @@ async def _git_clone(
     timeout: float,
     credentials: GitCredentials | None,
 ) -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(home),
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_ALLOW_PROTOCOL": "https:http:file",
-    }
-    if credentials is not None:
-        askpass = home / "askpass.sh"
-        askpass.write_text(
-            '#!/bin/sh\ncase "$1" in\n'
-            '  Username*) printf "%s" "$MIDORI_GIT_USERNAME" ;;\n'
-            '  *) printf "%s" "$MIDORI_GIT_PASSWORD" ;;\nesac\n'
-        )
-        askpass.chmod(0o700)
-        env |= {
-            "GIT_ASKPASS": str(askpass),
-            "MIDORI_GIT_USERNAME": credentials.username,
-            "MIDORI_GIT_PASSWORD": credentials.password,
-        }
     is_sha = ref is not None and len(ref) == 40 and all(c in "0123456789abcdef" for c in ref)
     steps: list[list[str]] = []
     if ref is None or is_sha:
-        steps.append(["git", "clone", "--quiet", "--no-recurse-submodules", "--", url, "."])
+        steps.append(["clone", "--quiet", "--no-recurse-submodules", "--", url, "."])
         if is_sha:
-            steps.append(["git", "-c", "advice.detachedHead=false", "checkout", "-q", ref or ""])
+            steps.append(["-c", "advice.detachedHead=false", "checkout", "-q", ref or ""])
     else:
         steps.append(
-            ["git", "clone", "--quiet", "--depth", "1", "--no-recurse-submodules",
+            ["clone", "--quiet", "--depth", "1", "--no-recurse-submodules",
              "--branch", ref, "--", url, "."]
         )  # fmt: skip
-    for argv in steps:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(workspace),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            async with asyncio.timeout(timeout):
-                out, _ = await proc.communicate()
-        except TimeoutError:
-            kill_group(proc.pid)
-            raise CommandTimeout(f"git clone timed out after {timeout:g}s") from None
-        if proc.returncode != 0:
-            detail = out.decode("utf-8", "replace").strip().splitlines()[-1:] or ["failed"]
-            raise ProviderError(f"git {argv[1]} failed: {detail[0][:300]}")
-    with contextlib.suppress(FileNotFoundError):
-        (home / "askpass.sh").unlink()
+    with Git(home=home, timeout=timeout, credentials=credentials) as git:
+        for args in steps:
+            try:
+                await git.run(*args, cwd=workspace)
+            except GitTimeout:
+                raise CommandTimeout(f"git clone timed out after {timeout:g}s") from None
+            except GitFailed as exc:
+                raise ProviderError(str(exc)) from None

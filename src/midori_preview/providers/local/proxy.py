@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -64,9 +63,9 @@ class PreviewProxy:
         if token is None or host_port is None:
             return 404
         if expiry is not None and mac is not None:
-            ok = verify_label(
-                self.provider.config.signing_key, sandbox_id, port, expiry, mac, token, time.time()
-            )
+            config = self.provider.config
+            now = config.clock.now().timestamp()
+            ok = verify_label(config.signing_key, sandbox_id, port, expiry, mac, token, now)
         else:
             given = next((v for k, v in scope["headers"] if k == TOKEN_HEADER), b"")
             ok = hmac.compare_digest(given, token.encode())

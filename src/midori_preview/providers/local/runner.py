@@ -4,15 +4,14 @@ Either way with a scrubbed environment and per-sandbox resource limits."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import resource
 import shutil
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from midori_preview.providers.processes import Child, spawn
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 WORKSPACE = "/workspace"  # where the workspace appears inside bubblewrap
@@ -107,54 +106,11 @@ class Runner:
 
     async def spawn(
         self, workspace: Path, command: str, env: Mapping[str, str] | None = None
-    ) -> asyncio.subprocess.Process:
+    ) -> Child:
         full_env = self.environment(workspace, env)
-        return await asyncio.create_subprocess_exec(
-            *self.argv(workspace, command, full_env),
-            cwd=str(workspace),
+        return await spawn(
+            self.argv(workspace, command, full_env),
+            cwd=workspace,
             env=full_env if self.bwrap is None else {"PATH": SANDBOX_PATH},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: stop kills the whole tree
             preexec_fn=self._preexec,
         )
-
-
-async def kill_group_and_wait(pid: int, *, timeout: float = 5.0) -> None:
-    """SIGKILL a process group and wait until none of its processes is left running. Zombies
-    count as gone: they hold no memory, files or sockets, and orphans among them wait for
-    whichever init reaps them (not always promptly, e.g. in containers)."""
-    kill_group(pid)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline and group_running(pid):
-        kill_group(pid)
-        await asyncio.sleep(0.005)
-
-
-def group_running(pgid: int) -> bool:
-    """Whether any non-zombie process is in process group `pgid` (read from /proc)."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp …: comm may hold spaces and parentheses
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
-
-
-def kill_group(pid: int) -> None:
-    """SIGKILL a process group (a sandbox command and everything it started)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)

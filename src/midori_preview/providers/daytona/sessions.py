@@ -18,7 +18,7 @@ import structlog
 from daytona import AsyncSandbox, DaytonaError, SessionExecuteRequest
 
 from midori_preview.providers.base import OutputCallback, ProviderError, ProviderRejected
-from midori_preview.providers.daytona_errors import DaytonaRetry, vendor_detail
+from midori_preview.providers.daytona.errors import DaytonaRetry, vendor_detail
 
 log = structlog.get_logger(__name__)
 

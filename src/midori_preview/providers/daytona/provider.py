@@ -1,8 +1,8 @@
 """Daytona sandboxes through the `daytona` SDK's async client.
 
 One `AsyncDaytona` client serves every call; it is built with the provider and closed by `aclose`.
-Every call has a timeout and goes through `DaytonaRetry` (see `daytona_errors`). Commands run as
-session commands so that their output streams live (`daytona_sessions`); the server's output is
+Every call has a timeout and goes through `DaytonaRetry` (see `errors`). Commands run as
+session commands so that their output streams live (`sessions`); the server's output is
 followed by a background task per sandbox, cancelled on delete.
 
 Sandboxes carry labels (`midori-preview=1`, deployment, our sandbox id, user, project) so that the
@@ -17,11 +17,9 @@ reads never reach Daytona.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,7 +58,8 @@ from midori_preview.providers.base import (
     SandboxFailed,
     SandboxSpec,
 )
-from midori_preview.providers.daytona_errors import (
+from midori_preview.providers.daytona.config import DaytonaProviderConfig
+from midori_preview.providers.daytona.errors import (
     DaytonaRetry,
     is_ambiguous,
     is_retryable,
@@ -68,65 +67,16 @@ from midori_preview.providers.daytona_errors import (
     status_of,
     to_provider_error,
 )
-from midori_preview.providers.daytona_labels import (
-    LABEL_DEPLOYMENT,
-    LABEL_MANAGED,
-    LABEL_PROJECT_ID,
-    LABEL_SANDBOX_ID,
-    LABEL_USER_ID,
-    label_value,
-    sandbox_info,
-)
-from midori_preview.providers.daytona_sessions import OutputLines, SessionCommands, shell_script
+from midori_preview.providers.daytona.labels import label_value, sandbox_info
+from midori_preview.providers.daytona.sessions import OutputLines, SessionCommands, shell_script
+from midori_preview.providers.labels import owned_selector, sandbox_labels
+from midori_preview.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _CLEANUP = "cleanup"  # key of the background tasks deleting what failed creates left
-
-
-@dataclass(frozen=True, slots=True)
-class DaytonaProviderConfig:
-    """Everything the Daytona provider needs; the app builds it from settings."""
-
-    api_key: str = field(repr=False)
-    api_url: str = "https://app.daytona.io/api"
-    target: str | None = None
-    deployment: str = "default"  # label value: which installation owns a sandbox
-    snapshot: str | None = None
-    image: str | None = None  # required with cpu/memory/disk: only image builds are sized
-    cpu: int | None = None  # vCPUs
-    memory: int | None = None  # GB
-    disk: int | None = None  # GB
-    idle_timeout_seconds: float = 300
-    auto_stop_margin_seconds: float = 120
-    workdir: str = "/home/daytona/app"
-    request_timeout_seconds: float = 30
-    upload_timeout_seconds: int = 300
-    clone_timeout_seconds: float = 300
-    retry_attempts: int = 4
-    retry_deadline_seconds: float = 60
-    retry_initial_backoff_seconds: float = 0.5
-    retry_max_backoff_seconds: float = 8
-    poll_interval_seconds: float = 0.5
-    output_tail_lines: int = 50
-
-    def __post_init__(self) -> None:
-        if self.api_url.endswith("/"):
-            raise ValueError("api_url must not end with a slash (the SDK would call //sandbox)")
-        if self.image is None and (self.cpu or self.memory or self.disk):
-            raise ValueError(
-                "cpu/memory/disk need an image: Daytona sizes sandboxes built from an image, "
-                "a snapshot brings its own resources"
-            )
-        if self.retry_attempts < 1:
-            raise ValueError("retry_attempts must be at least 1")
-
-    @property
-    def auto_stop_minutes(self) -> int:
-        """Daytona's auto-stop: a little above our idle timeout, whole minutes, at least 1."""
-        return max(1, math.ceil((self.idle_timeout_seconds + self.auto_stop_margin_seconds) / 60))
 
 
 class DaytonaSandboxFailed(SandboxFailed):
@@ -160,10 +110,12 @@ class DaytonaProvider:
         self._clock = clock or SystemClock()
         self._timeout = config.request_timeout_seconds
         self._retry = DaytonaRetry(
-            attempts=config.retry_attempts,
-            deadline_seconds=config.retry_deadline_seconds,
-            initial_backoff_seconds=config.retry_initial_backoff_seconds,
-            max_backoff_seconds=config.retry_max_backoff_seconds,
+            RetryPolicy(
+                attempts=config.retry_attempts,
+                deadline_seconds=config.retry_deadline_seconds,
+                initial_backoff_seconds=config.retry_initial_backoff_seconds,
+                max_backoff_seconds=config.retry_max_backoff_seconds,
+            )
         )
         self._sessions = SessionCommands(
             self._retry, request_timeout=self._timeout, poll_interval=config.poll_interval_seconds
@@ -218,6 +170,9 @@ class DaytonaProvider:
         self._handles[sandbox.id] = sandbox
         log.info("daytona.sandbox_created", sandbox_id=spec.sandbox_id, provider_id=sandbox.id)
         return ProviderSandbox(self.name, sandbox.id, spec.sandbox_id, self._config.workdir)
+
+    def attach(self, provider_id: str, sandbox_id: str) -> ProviderSandbox:
+        return ProviderSandbox(self.name, provider_id, sandbox_id, self._config.workdir)
 
     async def upload(self, sandbox: ProviderSandbox, files: Sequence[FileData]) -> None:
         if not files:
@@ -384,14 +339,13 @@ class DaytonaProvider:
         self, spec: SandboxSpec
     ) -> CreateSandboxFromSnapshotParams | CreateSandboxFromImageParams:
         cfg = self._config
-        labels = {key: label_value(value) for key, value in spec.labels.items()}
-        labels |= {
-            LABEL_MANAGED: "1",
-            LABEL_DEPLOYMENT: label_value(cfg.deployment),
-            LABEL_SANDBOX_ID: label_value(spec.sandbox_id),
-            LABEL_USER_ID: label_value(spec.user_id),
-            LABEL_PROJECT_ID: label_value(spec.project_id),
-        }
+        ours = sandbox_labels(
+            deployment=cfg.deployment,
+            sandbox_id=spec.sandbox_id,
+            user_id=spec.user_id,
+            project_id=spec.project_id,
+        )
+        labels = {key: label_value(value) for key, value in {**spec.labels, **ours}.items()}
         common = {
             "labels": labels,
             "env_vars": dict(spec.env),
@@ -461,7 +415,7 @@ class DaytonaProvider:
         found: list[ProviderSandboxInfo] = []
         try:
             found = await self.list_sandboxes(
-                {LABEL_SANDBOX_ID: spec.sandbox_id, LABEL_DEPLOYMENT: self._config.deployment}
+                owned_selector(self._config.deployment, sandbox_id=spec.sandbox_id)
             )
             ids = {info.provider_id for info in found}
             if provider_id is not None:

@@ -7,12 +7,11 @@ with anything that looks like a credential masked.
 
 Retried: connection failures, 429 (after its `Retry-After`), 502/503/504 — and for calls that are
 not idempotent only what surely was not carried out (429, 503, a connection never made). Never:
-400/401/403/404/409/422. Backoff is exponential with jitter, bounded by attempts and a deadline.
+400/401/403/404/409/422. Waits and bounds are the service's one `RetryPolicy` (`retry.py`).
 """
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -30,13 +29,7 @@ from daytona import (
     DaytonaRateLimitError,
     DaytonaTimeoutError,
 )
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-)
+from tenacity import RetryCallState
 
 from midori_preview.providers.base import (
     ProviderError,
@@ -46,6 +39,7 @@ from midori_preview.providers.base import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from midori_preview.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -167,31 +161,14 @@ def to_provider_error(exc: DaytonaError, action: str) -> ProviderError:
 
 
 class DaytonaRetry:
-    """Runs SDK calls with retries on retryable failures and maps what finally fails."""
+    """Runs SDK calls under the service's retry policy, retrying what Daytona may still carry out
+    (`is_retryable`) after its `Retry-After`, and maps what finally fails to our errors."""
 
-    def __init__(
-        self,
-        *,
-        attempts: int,
-        deadline_seconds: float,
-        initial_backoff_seconds: float,
-        max_backoff_seconds: float,
-    ) -> None:
-        self.attempts = attempts
-        self.deadline_seconds = deadline_seconds
-        self._initial = initial_backoff_seconds
-        self._max = max_backoff_seconds
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
 
     def backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: initial·2^(n-1), capped, plus up to `initial`."""
-        return min(self._max, self._initial * 2.0 ** (attempt - 1)) + random.uniform(
-            0, self._initial
-        )
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        hinted = retry_after_seconds(exc) if exc is not None else None
-        return hinted if hinted is not None else self.backoff(state.attempt_number)
+        return self.policy.backoff(attempt)
 
     async def call(
         self, action: str, fn: Callable[[], Awaitable[T]], *, idempotent: bool = True
@@ -208,12 +185,10 @@ class DaytonaRetry:
                 status=status_of(exc) if isinstance(exc, DaytonaError) else None,
             )
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.attempts) | stop_before_delay(self.deadline_seconds),
-            wait=self._wait,
-            retry=retry_if_exception(lambda exc: is_retryable(exc, idempotent=idempotent)),
-            before_sleep=before_sleep,
-            reraise=True,
+        retrying = self.policy.retrying(
+            retry_if=lambda exc: is_retryable(exc, idempotent=idempotent),
+            retry_after=retry_after_seconds,
+            on_retry=before_sleep,
         )
         try:
             async for attempt in retrying:

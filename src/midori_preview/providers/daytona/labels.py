@@ -1,7 +1,9 @@
-"""How our sandboxes are marked at Daytona, and how Daytona's view of them reads in our terms."""
+"""Label values as Daytona takes them, and how Daytona's view of a sandbox reads in our terms
+(the label set itself is `providers.labels`)."""
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -9,12 +11,7 @@ from datetime import UTC, datetime
 from daytona import AsyncSandbox
 
 from midori_preview.providers.base import ProviderSandboxInfo, ProviderState
-
-LABEL_MANAGED = "midori-preview"
-LABEL_DEPLOYMENT = "midori-preview/deployment"
-LABEL_SANDBOX_ID = "midori-preview/sandbox-id"
-LABEL_USER_ID = "midori-preview/user-id"
-LABEL_PROJECT_ID = "midori-preview/project-id"
+from midori_preview.providers.labels import LABEL_SANDBOX_ID
 
 _GROUPS: Mapping[ProviderState, str] = {
     ProviderState.STARTING: "creating restoring starting pending_build building_snapshot "
@@ -40,7 +37,7 @@ def label_value(value: str) -> str:
 
 def sandbox_info(sandbox: AsyncSandbox) -> ProviderSandboxInfo:
     """One listed Daytona sandbox, in our terms (our sandbox id comes from its label)."""
-    state = str(getattr(sandbox.state, "value", sandbox.state))
+    state = sandbox.state.value if isinstance(sandbox.state, enum.Enum) else str(sandbox.state)
     created_at = None
     if sandbox.created_at:
         try:
