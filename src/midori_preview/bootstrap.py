@@ -99,7 +99,7 @@ async def build_services(
     prefix = f"mp:{settings.preview_deployment}"
     quota = QuotaService(kv, prefix=prefix)
     events = EventBus(kv, prefix=prefix, ttl_seconds=settings.state_retention_seconds)
-    prov = provider if provider is not None else build_provider(settings)
+    prov = provider if provider is not None else build_provider(settings, clock)
     replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     previews = build_previews(settings, db, quota, events, prov, clock, replica)
     if provider is None and prov.name == "local":
@@ -205,7 +205,7 @@ def build_preview_proxy(settings: Settings, provider: SandboxProvider) -> Previe
     return PreviewProxy(provider, settings.preview_base_domain)
 
 
-def build_provider(settings: Settings) -> SandboxProvider:
+def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
     """The provider the settings ask for: Daytona with DAYTONA_API_KEY, else local sandboxes."""
     if settings.provider_name == "daytona":
         from midori_preview.providers.daytona import DaytonaProvider, DaytonaProviderConfig
@@ -226,7 +226,8 @@ def build_provider(settings: Settings) -> SandboxProvider:
                 request_timeout_seconds=settings.daytona_request_timeout_seconds,
                 retry_attempts=settings.daytona_retry_attempts,
                 retry_deadline_seconds=settings.daytona_retry_deadline_seconds,
-            )
+            ),
+            clock=clock,
         )
         return daytona
     from midori_preview.providers.local import LocalProvider, LocalProviderConfig
@@ -261,5 +262,6 @@ def build_provider(settings: Settings) -> SandboxProvider:
             npm_cache=(settings.data_dir / "cache" / "npm").resolve()
             if settings.local_npm_cache
             else None,
+            clock=clock,
         )
     )

@@ -4,7 +4,6 @@ unexpired, untampered signed link, and to nothing once it is stopped."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -121,7 +120,7 @@ async def test_preview_answers_only_to_its_credentials(service_app: Running) -> 
     flipped = mac[:-1] + ("a" if mac[-1] != "a" else "b")
     provider: Any = service_app.services.provider
     key = provider.config.signing_key
-    past = int(time.time()) - 60
+    past = int(service_app.services.clock.now().timestamp()) - 60
     forged: dict[str, str] = {
         "tampered signature": f"{port}-{sandbox_id}-{expiry}-{flipped}",
         "extended expiry": f"{port}-{sandbox_id}-{b36(int(expiry, 36) + 86400)}-{mac}",

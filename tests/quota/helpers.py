@@ -114,7 +114,7 @@ async def replicas(
 ) -> AsyncIterator[list[Running]]:
     """`n` app instances (replicas) sharing one settings object — so one Postgres, one Redis and
     one deployment — and one sandbox provider, as Daytona would be shared by real replicas."""
-    provider = build_provider(settings)
+    provider = build_provider(settings, clock)
     try:
         async with contextlib.AsyncExitStack() as stack:
             apps = [

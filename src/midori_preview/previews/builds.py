@@ -9,6 +9,7 @@ from midori_preview.db.models import Sandbox
 from midori_preview.previews.pipeline import Pipeline
 from midori_preview.previews.sources import BuildPlan
 from midori_preview.providers.base import SandboxSpec
+from midori_preview.providers.labels import sandbox_labels
 
 
 class Builds:
@@ -23,13 +24,12 @@ class Builds:
             sandbox_id=row.id,
             user_id=row.user_id,
             project_id=row.project_id,
-            labels={
-                "midori-preview": "1",
-                "midori-preview/deployment": self.deployment,
-                "midori-preview/sandbox-id": row.id,
-                "midori-preview/user-id": row.user_id,
-                "midori-preview/project-id": row.project_id,
-            },
+            labels=sandbox_labels(
+                deployment=self.deployment,
+                sandbox_id=row.id,
+                user_id=row.user_id,
+                project_id=row.project_id,
+            ),
         )
         task = asyncio.create_task(self.pipeline.run(row.id, spec, plan), name=f"build:{row.id}")
         self._tasks[row.id] = task

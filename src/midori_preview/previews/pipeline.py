@@ -9,10 +9,7 @@ that row."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import shlex
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -24,6 +21,7 @@ from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.errors import ServiceError, ValidationFailed
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
+from midori_preview.previews import build_cache
 from midori_preview.previews.build_cache import BuildCache
 from midori_preview.previews.sources import DETECT, BuildPlan, detected_commands
 from midori_preview.previews.states import BUILDING, SandboxStatus
@@ -36,6 +34,7 @@ from midori_preview.providers.base import (
     SandboxProvider,
     SandboxSpec,
 )
+from midori_preview.providers.files import UnsafeArchive, read_archive
 from midori_preview.templates import PROMPT_FILE
 
 log = get_logger(__name__)
@@ -283,23 +282,22 @@ class Pipeline:
     async def _keep_build(
         self, handle: ProviderSandbox, plan: BuildPlan, cache: BuildCache
     ) -> None:
-        """Read the built output back (one command: tar | base64) into the build cache. Best
+        """Read the built output back (one command through the port) into the build cache. Best
         effort: a preview never fails because its output could not be cached."""
         assert plan.cache_key is not None
-        chunks: list[str] = []
-
-        async def collect(line: str, stream: str) -> None:
-            if stream == "stdout":
-                chunks.append(line.strip())
-
-        out = shlex.quote(plan.output_dir)
-        cmd = f"tar -C {out} --exclude=./{PROMPT_FILE} -czf - . | base64"
         try:
-            result = await self.provider.exec(handle, cmd, timeout=60, on_output=collect)
-            if result.exit_code == 0:
-                await cache.put(plan.cache_key, base64.b64decode("".join(chunks), validate=True))
-        except (ProviderError, binascii.Error, ValueError) as exc:
+            files = await read_archive(
+                self.provider,
+                handle,
+                plan.output_dir,
+                exclude=(f"./{PROMPT_FILE}",),
+                timeout=60,
+                limits=build_cache.LIMITS,
+            )
+        except (ProviderError, UnsafeArchive) as exc:
             log.warning("build_cache.read_back_failed", key=plan.cache_key, error=str(exc)[:200])
+            return
+        await cache.store(plan.cache_key, files)
 
     async def _probe(self, handle: ProviderSandbox, port: int) -> None:
         # Real time on purpose: a server's start-up is wall-clock work, not service time.

@@ -10,7 +10,7 @@ integration call it; each use case lives in its own module:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -41,10 +41,10 @@ from midori_preview.previews.transitions import Transitions
 from midori_preview.previews.views import owned_row, status_of
 from midori_preview.providers.base import (
     ProviderError,
-    ProviderSandbox,
     ProviderSandboxInfo,
     SandboxProvider,
 )
+from midori_preview.providers.labels import owned_selector
 from midori_preview.quota.service import QuotaService
 from midori_preview.settings import Settings
 
@@ -197,7 +197,7 @@ class PreviewService:
         row = await owned_row(self.repo, sandbox_id, None)
         if row.status != SandboxStatus.RUNNING or not row.provider_id:
             raise SandboxNotRunning("This preview is not running.", sandboxId=sandbox_id)
-        handle = ProviderSandbox(self.provider.name, row.provider_id, row.id, "")
+        handle = self.provider.attach(row.provider_id, row.id)
         link = await self.provider.preview_link(handle, row.port, open_url_ttl_seconds=ttl_seconds)
         return link.open_url
 
@@ -238,7 +238,7 @@ class PreviewService:
         if row.provider_id is None:
             return False
         try:
-            handle = ProviderSandbox(self.provider.name, row.provider_id, row.id, "")
+            handle = self.provider.attach(row.provider_id, row.id)
             return await self.provider.keep_alive(handle)
         except ProviderError as exc:
             log.warning("sandbox.keep_alive_failed", sandbox_id=row.id, code=exc.code)
@@ -246,15 +246,7 @@ class PreviewService:
 
     async def provider_sandboxes(self) -> list[ProviderSandboxInfo]:
         """Every sandbox the provider runs for this deployment."""
-        return await self.provider.list_sandboxes(self.deployment_labels)
-
-    @property
-    def deployment_labels(self) -> Mapping[str, str]:
-        """The labels every provider sandbox of this deployment carries."""
-        return {
-            "midori-preview": "1",
-            "midori-preview/deployment": self.settings.preview_deployment,
-        }
+        return await self.provider.list_sandboxes(owned_selector(self.settings.preview_deployment))
 
     async def delete_orphan(self, info: ProviderSandboxInfo) -> bool:
         """Delete a provider sandbox no row accounts for; False when the delete failed."""

@@ -19,7 +19,7 @@ from midori_preview.previews.schemas import PreviewStatus
 from midori_preview.previews.states import HOLDING, TERMINAL, SandboxStatus
 from midori_preview.previews.transitions import Transitions
 from midori_preview.previews.views import owned_row, status_of
-from midori_preview.providers.base import ProviderError, ProviderSandbox, SandboxProvider
+from midori_preview.providers.base import ProviderError, SandboxProvider
 from midori_preview.quota.service import QuotaService
 
 log = get_logger(__name__)
@@ -104,7 +104,7 @@ class Stops:
         """Delete a `stopping` row's provider sandbox and end it `stopped`; when the delete
         fails the row stays `stopping` and the reaper retries it."""
         if row.provider_id:
-            handle = ProviderSandbox(self.provider.name, row.provider_id, row.id, "")
+            handle = self.provider.attach(row.provider_id, row.id)
             try:
                 await self.provider.delete(handle)
             except ProviderError as exc:
@@ -166,9 +166,7 @@ class Stops:
     async def delete_provider_sandbox(self, provider_id: str, sandbox_id: str | None) -> bool:
         """Delete a provider sandbox (ours, or an orphan with no row): False when it failed."""
         try:
-            await self.provider.delete(
-                ProviderSandbox(self.provider.name, provider_id, sandbox_id or provider_id, "")
-            )
+            await self.provider.delete(self.provider.attach(provider_id, sandbox_id or provider_id))
         except ProviderError as exc:
             log.warning("sandbox.delete_failed", provider_id=provider_id, code=exc.code)
             return False
