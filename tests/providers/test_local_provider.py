@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from midori_preview.clock import Clock, ManualClock, SystemClock
+from midori_preview.clock import Clock, SystemClock
 from midori_preview.providers.base import (
     CommandTimeout,
     FileData,
@@ -34,6 +34,7 @@ from midori_preview.providers.local import provider as local_provider
 from midori_preview.providers.local.proxy import PreviewProxy
 from midori_preview.providers.local.runner import Limits
 from tests.previews.helpers import pids_with_marker
+from tests.support.clock import ManualClock
 
 # A step that outlives its caller would hang until this; every test here finishes far sooner.
 STEP_TIMEOUT = 60.0
