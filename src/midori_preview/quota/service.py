@@ -4,6 +4,7 @@ Postgres stays the truth for usage; Redis is a fast mirror that is rebuilt from 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -32,6 +33,9 @@ class QuotaService:
         self._rate = redis.register_script(scripts.RATE_LIMIT)
         self._raise_usage = redis.register_script(scripts.RAISE_USAGE)
         self._heartbeat = redis.register_script(scripts.HEARTBEAT)
+        # One user's admissions in this process queue here first, so that only one of them at a
+        # time waits on (polls) the Redis lock that serializes them across replicas.
+        self._local: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # --- keys -----------------------------------------------------------------------------
 
@@ -131,24 +135,51 @@ class QuotaService:
 
     @asynccontextmanager
     async def user_lock(self, user_id: str, *, timeout: float = 15, wait: float = 15) -> Any:
-        """Serialize one user's admissions across replicas (idempotency, same-source, quota)."""
-        lock = self.redis.lock(
-            f"{self.prefix}:lock:create:{user_id}",
-            timeout=timeout,
-            blocking_timeout=wait,
-            sleep=0.01,  # a queue of one user's creates moves at Redis speed, not 10 per second
-        )
+        """Serialize one user's admissions across replicas (idempotency, same-source, quota):
+        in this process on an asyncio lock, across replicas on a Redis lock; `wait` bounds both."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        async with self._local_lock(user_id, wait):
+            lock = self.redis.lock(
+                f"{self.prefix}:lock:create:{user_id}",
+                timeout=timeout,
+                blocking_timeout=max(deadline - loop.time(), 0.001),
+                sleep=0.01,  # only one waiter per process polls: at Redis speed, not 10 a second
+            )
+            try:
+                acquired = await lock.acquire()
+            except RedisError as exc:
+                raise QuotaUnavailable("Quota store unreachable; try again shortly.") from exc
+            if not acquired:
+                raise QuotaUnavailable("Too many concurrent requests for this user; try again.")
+            try:
+                yield
+            finally:
+                with contextlib.suppress(LockError, RedisError):
+                    await lock.release()  # expired or unreachable: it times out by itself
+
+    @asynccontextmanager
+    async def _local_lock(self, user_id: str, wait: float) -> Any:
+        lock, users = self._local.get(user_id) or (asyncio.Lock(), 0)
+        self._local[user_id] = (lock, users + 1)
         try:
-            acquired = await lock.acquire()
-        except RedisError as exc:
-            raise QuotaUnavailable("Quota store unreachable; try again shortly.") from exc
-        if not acquired:
-            raise QuotaUnavailable("Too many concurrent requests for this user; try again.")
-        try:
-            yield
+            try:
+                async with asyncio.timeout(wait):
+                    await lock.acquire()
+            except TimeoutError:
+                raise QuotaUnavailable(
+                    "Too many concurrent requests for this user; try again."
+                ) from None
+            try:
+                yield
+            finally:
+                lock.release()
         finally:
-            with contextlib.suppress(LockError, RedisError):
-                await lock.release()  # expired or unreachable: it times out by itself
+            lock, users = self._local[user_id]
+            if users == 1:
+                del self._local[user_id]
+            else:
+                self._local[user_id] = (lock, users - 1)
 
     async def ping(self) -> bool:
         try:
