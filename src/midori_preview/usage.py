@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 
@@ -20,9 +20,11 @@ def split_by_day(start: datetime, seconds: int, tz: ZoneInfo) -> list[tuple[str,
     """Split `seconds` counted from `start` into whole seconds per local day (sums to `seconds`)."""
     parts: list[tuple[str, int]] = []
     remaining = seconds
-    cursor = start
+    # In UTC: Python subtracts two datetimes of the same zone by their wall clocks, which would
+    # count a 23- or 25-hour day as 24 hours.
+    cursor = start.astimezone(UTC)
     while remaining > 0:
-        boundary = next_midnight(cursor, tz)
+        boundary = next_midnight(cursor, tz).astimezone(UTC)
         room = int((boundary - cursor).total_seconds())
         take = remaining if room >= remaining else max(room, 0)
         if take == 0:  # exactly at midnight: nothing left of this day
