@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from midori_preview.clock import ManualClock
 from midori_preview.providers.daytona import DaytonaProvider
 from tests.conftest import Backend, running_app, user_headers
 from tests.github.conftest import Origin, gh_settings
@@ -17,7 +16,8 @@ from tests.github.fake_github import FakeGitHub
 from tests.github.test_repos import REPOS, blob, branch_files
 from tests.previews.helpers import create_running, files_body
 from tests.providers.test_daytona_provider import make_config
-from tests.support.daytona_emulator import DaytonaEmulator
+from tests.support.clock import ManualClock
+from tests.support.daytona import DaytonaEmulator
 from tests.support.servers import free_port
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from midori_preview.db.repo import Repository
 
-from midori_preview.db.engine import make_engine, session_factory, upgrade_head
+from midori_preview.db.database import Database
+from midori_preview.db.engine import make_engine, upgrade_head
 from midori_preview.db.models import Sandbox, UsageLedger
+from midori_preview.db.usage import UsageRepository
 from midori_preview.kv import make_redis
 from midori_preview.previews.charging import Charge, Charger
 from midori_preview.quota.service import QuotaService
@@ -41,10 +42,10 @@ def ledger_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class Billing:
     charger: Charger
     quota: QuotaService
-    repo: Repository
+    database: Database
 
     async def ledger_has(self, user: str, day: str, seconds: int) -> None:
-        async with self.repo.sessions() as s:
+        async with self.database.writes() as s:
             s.add(
                 UsageLedger(user_id=user, day=day, project_id="p", seconds=seconds, updated_at=NOW)
             )
@@ -72,12 +73,16 @@ async def billing_on(
         daily_usage_cap_seconds=CAP,
     )
     quota = QuotaService(redis, prefix="mp:charging")
-    repo = Repository(session_factory(engine))
+    database = Database(engine)
     charger = Charger(
-        settings=settings, repo=repo, quota=quota, tz=ZoneInfo(tz), slot_lease_seconds=600
+        settings=settings,
+        usage=UsageRepository(database),
+        quota=quota,
+        tz=ZoneInfo(tz),
+        slot_lease_seconds=600,
     )
     try:
-        yield Billing(charger, quota, repo)
+        yield Billing(charger, quota, database)
     finally:
         await redis.aclose()
         await engine.dispose()
