@@ -191,7 +191,7 @@ class HttpProxy:
             start: Message = {
                 "type": "http.response.start",
                 "status": res.status_code,
-                "headers": answer_headers(res, request.url),
+                "headers": answer_headers(res, httpx.URL(upstream.url)),
             }
             await send(start)
             await self._relay(res, receive, send)
