@@ -102,7 +102,8 @@ async def test_browsers_get_the_warning_page_unless_it_is_skipped(served: Served
 
 async def test_bad_credentials_go_to_the_login_page(served: Served) -> None:
     async with httpx.AsyncClient(trust_env=False) as http:
-        for headers in ({}, {"x-daytona-preview-token": served.token[:-1] + "0"}):
+        wrong = served.token[:-1] + ("1" if served.token.endswith("0") else "0")
+        for headers in ({}, {"x-daytona-preview-token": wrong}):
             res = await http.get(served.url, headers=headers)
             assert res.status_code == 307
             assert res.headers["location"].startswith(f"{served.emulator.base_url}/oidc/authorize")

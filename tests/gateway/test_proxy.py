@@ -157,4 +157,4 @@ async def test_programs_keep_their_status_codes_and_browsers_get_pages(site: Sit
     assert (await stop(site.running, site.sandbox_id)).status_code == 200
     assert (await site.get("/")).status_code == 404  # programs: as before the gateway
     gone = await site.get("/", Accept="text/html")
-    assert gone.status_code == 410 and "This preview was stopped." in gone.text
+    assert gone.status_code == 200 and "This preview was stopped." in gone.text

@@ -99,7 +99,8 @@ def _log(lines: tuple[str, ...], keep: int) -> str:
 
 
 def building_page(view: HostView) -> Response:
-    """The build, live: its steps and log lines; the page turns into the site by itself."""
+    """The build, live: its steps and log lines; the page turns into the site by itself. A page
+    to show, so a 200 (programs get the 503)."""
     at = STEPS.index(view.status) if view.status in STEPS else 0
     steps = "".join(
         f'<li data-step="{step}" data-state="{state}">{step}</li>'
@@ -111,11 +112,12 @@ def building_page(view: HostView) -> Response:
         "it is ready.</p>\n"
         f'<ol id="steps" aria-label="Build steps">{steps}</ol>\n' + _log(view.logs_tail, 50)
     )
-    return _page("building", "Building the preview…", 503, body, view=view)
+    return _page("building", "Building the preview…", 200, body, view=view)
 
 
 def stopped_page(view: HostView) -> Response:
-    """Why the preview is not running, and (inside an embedding page) a way to start it again."""
+    """Why the preview is not running, and (inside an embedding page) a way to start it again.
+    A page to show, so a 200 (programs get the 404)."""
     if view.status == SandboxStatus.STOPPING:
         reason = "This preview is stopping."
     else:
@@ -130,7 +132,7 @@ def stopped_page(view: HostView) -> Response:
         '<button id="restart" type="button" hidden>Start it again</button>\n'
         '<p id="restart-note" class="muted">Start it again from the page you opened it from.</p>\n'
     )
-    return _page("stopped", "This preview is not running", 410, body, view=view)
+    return _page("stopped", "This preview is not running", 200, body, view=view)
 
 
 NOTICES = {
