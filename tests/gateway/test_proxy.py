@@ -113,6 +113,9 @@ async def test_headers_and_credentials_stay_on_their_hop(site: Site) -> None:
     assert "SECRET" not in json.dumps(seen), seen
     assert seen["cookie"] == "theme=dark" and seen["x-kept"] == "kept"
     assert TOKEN_HEADER not in seen and "authorization" not in seen
+    if site.emulator is not None:  # what the gateway told Daytona's proxy (which passes it on)
+        assert seen["x-daytona-skip-preview-warning"] == "true"
+        assert "x-daytona-skip-last-activity-update" not in seen  # viewers' traffic is activity
     assert res.headers.get_list("set-cookie") == ["own=2; Path=/"]  # none for a parent domain
     assert "x-upstream-only" not in res.headers  # listed in the server's Connection header
 
