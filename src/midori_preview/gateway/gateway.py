@@ -80,7 +80,9 @@ class PreviewGateway:
             await self._websocket(scope, receive, send, view)
         elif path == pages.EVENTS_PATH:
             last = header(scope, b"last-event-id")
-            response = events_response(self.previews, view, last.decode() if last else None)
+            response = events_response(
+                self.previews, view, last.decode("latin-1") if last else None
+            )
             await response(scope, receive, send)
         elif path.startswith(pages.RESERVED):
             await pages.notice(404, browser=browser)(scope, receive, send)
