@@ -20,6 +20,8 @@ from midori_preview.db.database import Database
 from midori_preview.db.engine import make_engine, upgrade_head_async
 from midori_preview.db.repositories import Repositories
 from midori_preview.events import EventBus
+from midori_preview.gateway.gateway import PreviewGateway
+from midori_preview.gateway.labels import PreviewLinks
 from midori_preview.github.service import GitHubService
 from midori_preview.kv import make_redis
 from midori_preview.logging import get_logger
@@ -34,8 +36,6 @@ from midori_preview.settings import Settings
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-    from midori_preview.providers.local.proxy import PreviewProxy
 
 log = get_logger(__name__)
 
@@ -58,7 +58,7 @@ class Services:
     admin: AdminService
     github: GitHubService
     authenticator: Authenticator
-    preview_proxy: PreviewProxy | None  # local sandboxes: the service serves their previews
+    gateway: PreviewGateway  # every preview host, whatever the provider
     scheduler: AsyncIOScheduler | None  # None when REAPER_ENABLED is false
     owns_provider: bool  # built here (not handed in): closed here
     owns_redis: bool
@@ -69,8 +69,7 @@ class Services:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         await self.previews.shutdown()
-        if self.preview_proxy is not None:
-            await self.preview_proxy.aclose()
+        await self.gateway.aclose()
         if self.owns_provider:
             await self.provider.aclose()
         if self.owns_redis:
@@ -101,7 +100,8 @@ async def build_services(
     events = EventBus(kv, prefix=prefix, ttl_seconds=settings.state_retention_seconds)
     prov = provider if provider is not None else build_provider(settings, clock)
     replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-    previews = build_previews(settings, db, quota, events, prov, clock, replica)
+    links = build_links(settings, prov.name)
+    previews = build_previews(settings, db, quota, events, prov, clock, replica, links)
     if provider is None and prov.name == "local":
         await previews.close_leftovers()  # local sandboxes do not outlive their process
     reaper = Reaper(
@@ -140,7 +140,7 @@ async def build_services(
         ),
         github=github,
         authenticator=authenticator,
-        preview_proxy=build_preview_proxy(settings, prov),
+        gateway=PreviewGateway(previews=previews, links=links, clock=clock),
         scheduler=scheduler,
         owns_provider=provider is None,
         owns_redis=redis is None,
@@ -159,6 +159,7 @@ def build_previews(
     provider: SandboxProvider,
     clock: Clock,
     replica_id: str,
+    links: PreviewLinks,
 ) -> PreviewService:
     """The preview lifecycle, with the template build cache when TEMPLATE_BUILD_CACHE is on."""
     cache = (
@@ -176,6 +177,7 @@ def build_previews(
         provider=provider,
         clock=clock,
         replica_id=replica_id,
+        links=links,
         build_cache=cache,
     )
 
@@ -194,15 +196,37 @@ def build_authenticator(settings: Settings) -> Authenticator:
     return authenticator
 
 
-def build_preview_proxy(settings: Settings, provider: SandboxProvider) -> PreviewProxy | None:
-    """The service's own preview proxy, for local sandboxes (Daytona serves its own)."""
-    if provider.name != "local":
-        return None
-    from midori_preview.providers.local import LocalProvider
-    from midori_preview.providers.local.proxy import PreviewProxy
+def build_links(settings: Settings, provider_name: str) -> PreviewLinks:
+    """The service's preview links, signed with PREVIEW_SIGNING_SECRET (else a key kept in
+    DATA_DIR: it survives restarts, but only this host has it)."""
+    if settings.preview_signing_secret is not None:
+        key = settings.preview_signing_secret.get_secret_value().encode()
+    else:
+        key = _data_dir_key(settings)
+        if provider_name != "local":
+            log.warning(
+                "gateway.signing_key_not_shared",
+                message="PREVIEW_SIGNING_SECRET is unset: preview links are signed with a key "
+                "in DATA_DIR. Set one secret on every replica, or links open on one only.",
+            )
+    return PreviewLinks(
+        key=key,
+        base_domain=settings.preview_base_domain,
+        scheme=settings.preview_scheme,
+        public_port=settings.effective_preview_port,
+    )
 
-    assert isinstance(provider, LocalProvider)
-    return PreviewProxy(provider, settings.preview_base_domain)
+
+def _data_dir_key(settings: Settings) -> bytes:
+    path = settings.data_dir / "preview-signing.key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as f:
+        key = secrets.token_bytes(32)
+        f.write(key)
+    return key
 
 
 def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
@@ -240,11 +264,6 @@ def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
             message="bubblewrap is not installed: local sandboxes run as plain processes "
             "(apt-get install bubblewrap for namespaces and a read-only system)",
         )
-    key = (
-        settings.preview_signing_secret.get_secret_value().encode()
-        if settings.preview_signing_secret
-        else secrets.token_bytes(32)
-    )
     return LocalProvider(
         LocalProviderConfig(
             root=(settings.data_dir / "sandboxes").resolve(),
@@ -255,10 +274,6 @@ def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
                 max_file_mb=settings.local_sandbox_max_file_mb,
                 tmp_mb=settings.local_sandbox_tmp_mb,
             ),
-            base_domain=settings.preview_base_domain,
-            public_port=settings.effective_preview_port,
-            scheme=settings.preview_scheme,
-            signing_key=key,
             npm_cache=(settings.data_dir / "cache" / "npm").resolve()
             if settings.local_npm_cache
             else None,

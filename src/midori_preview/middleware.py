@@ -1,4 +1,4 @@
-"""ASGI middleware: preview hosts go to the local preview proxy; oversized bodies are refused."""
+"""ASGI middleware: preview hosts go to the preview gateway; oversized bodies are refused."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from midori_preview.errors import PayloadTooLarge
 
 
 class PreviewHostMiddleware:
-    """Requests for `*.{PREVIEW_BASE_DOMAIN}` go to the local preview proxy, all else to the API."""
+    """Requests for `*.{PREVIEW_BASE_DOMAIN}` (HTTP and WebSocket) go to the preview gateway,
+    whatever the provider; all else to the API."""
 
     def __init__(self, app: ASGIApp, fastapi: FastAPI):
         self.app = app
@@ -18,11 +19,10 @@ class PreviewHostMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = getattr(self.fastapi.state, "services", None)  # None before the lifespan
-        proxy = services.preview_proxy if services is not None else None
-        if proxy is not None and scope["type"] in ("http", "websocket"):
-            label = proxy.match(scope)
+        if services is not None and scope["type"] in ("http", "websocket"):
+            label = services.gateway.match(scope)
             if label is not None:
-                await proxy.handle(scope, receive, send, label)
+                await services.gateway.handle(scope, receive, send, label)
                 return
         await self.app(scope, receive, send)
 

@@ -114,14 +114,17 @@ class Settings(BaseSettings):
 
     # --- preview serving ---------------------------------------------------------------------
     preview_base_domain: str = Field(
-        "preview.localhost", description="Preview hosts are {port}-{id}.<this domain>."
+        "preview.localhost",
+        description="Preview hosts are {port}-{label}.<this domain> (every provider's).",
     )
     preview_public_port: int | None = Field(
         None, description="Port in preview URLs (default: PORT); None-80/443 omitted."
     )
     preview_scheme: Literal["http", "https"] = Field("http", description="Scheme of preview URLs.")
     preview_signing_secret: SecretStr | None = Field(
-        None, description="Key for signed preview links (default: random per DATA_DIR)."
+        None,
+        description="Key of signed preview links: the same on every replica "
+        "(default: a random key kept in DATA_DIR).",
     )
     open_url_ttl_seconds: int = Field(
         14400, description="Lifetime of a signed openUrl (outlasts a viewing session)."

@@ -4,12 +4,11 @@ unexpired, untampered signed link, and to nothing once it is stopped."""
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from midori_preview.providers.local.signing import sign_label
+from midori_preview.gateway.labels import sign_label
 from tests.conftest import Running, user_headers
 from tests.previews.helpers import (
     API,
@@ -118,8 +117,7 @@ async def test_preview_answers_only_to_its_credentials(service_app: Running) -> 
     label = urlsplit(open_url).netloc.split(".", 1)[0]
     port, sandbox_id, expiry, mac = label.split("-")
     flipped = mac[:-1] + ("a" if mac[-1] != "a" else "b")
-    provider: Any = service_app.services.provider
-    key = provider.config.signing_key
+    key = service_app.services.gateway.links.key
     past = int(service_app.services.clock.now().timestamp()) - 60
     forged: dict[str, str] = {
         "tampered signature": f"{port}-{sandbox_id}-{expiry}-{flipped}",

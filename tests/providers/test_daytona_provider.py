@@ -212,7 +212,7 @@ async def test_preview_lifecycle_end_to_end(
         page = await http.get(link.url + "index.html", headers=token)
         assert page.status_code == 200
         assert THAI in page.content.decode("utf-8")
-        assert (await http.get(link.url)).status_code == 401
+        assert (await http.get(link.url)).status_code == 307  # Daytona: to its login page
         signed = await http.get(link.open_url + "content/name.txt")
         assert signed.status_code == 200 and signed.content.decode("utf-8") == f"{THAI}\n"
         await eventually(  # the server's request log streams back to us
@@ -231,8 +231,8 @@ async def test_preview_lifecycle_end_to_end(
         assert emulator.deleted == [created.provider_id]
         assert emulator.count(DELETE) == 1
         gone = await http.get(link.url, headers=token)
-        assert gone.status_code == 404
-        assert (await http.get(link.open_url)).status_code == 404
+        assert gone.status_code == 307  # a deleted sandbox's token opens nothing: the login
+        assert (await http.get(link.open_url)).status_code == 307
         # The server was killed with the sandbox: soon nothing listens on its port. (Until the
         # kernel is done with it, a connection may still be accepted and then reset.)
         await eventually(lambda: port_refuses(port), what=f"port {port} closed after delete")

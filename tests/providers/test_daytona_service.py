@@ -7,16 +7,18 @@ orphans."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
 from midori_preview.providers.daytona import DaytonaProvider
 from tests.conftest import Backend, Running, make_settings, running_app, user_headers
+from tests.previews.helpers import get_preview
 from tests.providers.test_daytona_provider import make_config
 from tests.support.daytona import CREATE, LAST_ACTIVITY, UPLOAD, DaytonaEmulator
 from tests.support.servers import free_port
@@ -76,14 +78,19 @@ async def test_preview_through_daytona_end_to_end(
     home = emulator.sandbox_home(provider_id)
     assert (home / "app" / "assets" / "part-07.txt").read_bytes() == f"{THAI} 7".encode()
 
-    async with httpx.AsyncClient(trust_env=False) as web:
-        page = await web.get(
-            status["previewUrl"], headers={"x-daytona-preview-token": status["previewToken"]}
-        )
-        assert page.status_code == 200 and THAI in page.text
-        assert (await web.get(status["previewUrl"])).status_code == 401
-        opened = await web.get(status["openUrl"])
-        assert opened.status_code == 200 and THAI in opened.text
+    # Served at the service's own preview host with the service's own credentials (the
+    # gateway); Daytona's URL and token stay inside the service.
+    assert urlsplit(status["previewUrl"]).netloc.endswith(".preview.localhost:8000")
+    assert view.preview_token not in json.dumps(status)
+    assert str(emulator.port) not in json.dumps(status)
+    token = {"x-daytona-preview-token": status["previewToken"]}
+    page = await get_preview(running, status["previewUrl"], headers=token)
+    assert page.status_code == 200 and THAI in page.text
+    assert (await get_preview(running, status["previewUrl"])).status_code == 401
+    daytonas = {"x-daytona-preview-token": view.preview_token}
+    assert (await get_preview(running, status["previewUrl"], headers=daytonas)).status_code == 401
+    opened = await get_preview(running, status["openUrl"])
+    assert opened.status_code == 200 and THAI in opened.text
 
     emulator.reset_calls()
     for _ in range(5):
@@ -103,11 +110,8 @@ async def test_preview_through_daytona_end_to_end(
     )
     assert stopped.json()["status"] == "stopped"
     assert provider_id not in emulator.sandboxes and provider_id in emulator.deleted
-    async with httpx.AsyncClient(trust_env=False) as web:
-        gone = await web.get(
-            status["previewUrl"], headers={"x-daytona-preview-token": status["previewToken"]}
-        )
-        assert gone.status_code in (404, 410)
+    gone = await get_preview(running, status["previewUrl"], headers=token)
+    assert gone.status_code == 404
 
 
 async def test_rejected_create_fails_at_once_with_our_code(

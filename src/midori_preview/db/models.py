@@ -89,6 +89,10 @@ class Sandbox(Base):
     preview_token: Mapped[str | None] = mapped_column(Text)
     open_url: Mapped[str | None] = mapped_column(Text)
     open_url_expires_at: Mapped[datetime | None]
+    # Where the preview gateway forwards this sandbox's traffic (the provider's own URL and the
+    # headers that authorize the gateway there): secrets, never shown. Set when it runs.
+    upstream_url: Mapped[str | None] = mapped_column(Text)
+    upstream_headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
     error_step: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
     error_exit_code: Mapped[int | None] = mapped_column(Integer)

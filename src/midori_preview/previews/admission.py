@@ -249,6 +249,10 @@ class Admission:
             template=req.plan.template,
             status=SandboxStatus.REQUESTED,
             port=req.plan.port,
+            # Our own preview credential (the gateway checks it; signed links cover it), from
+            # the start: a building preview's link shows its build.
+            preview_token=secrets.token_urlsafe(24),
+            open_url_expires_at=now + timedelta(seconds=self.settings.open_url_ttl_seconds),
             commands_run=0,
             visible=True,
             active=True,

@@ -50,7 +50,6 @@ class PipelineSettings:
     start_timeout: float
     clone_timeout: float
     lease_seconds: int
-    open_url_ttl_seconds: int
     probe_interval: float = 0.025  # a refused loopback connect costs ~0.1 ms
 
 
@@ -206,14 +205,13 @@ class Pipeline:
             on_output=self._output(b, "start"),
         )  # fmt: skip
         await self._probe(b.sandbox, port)
-        link = await self.provider.preview_link(
-            b.sandbox, port, open_url_ttl_seconds=self.settings.open_url_ttl_seconds
-        )
+        # Stored with the row: any replica's gateway serves the preview with no provider call.
+        upstream = await self.provider.upstream(b.sandbox, port)
         now = self.clock.now()
         await self._advance(
-            b, S.RUNNING, preview_url=link.url, preview_token=link.token,
-            open_url=link.open_url, open_url_expires_at=link.open_url_expires_at, ready_at=now,
-            charged_until=now, last_heartbeat_at=now, lease_owner=None, lease_expires_at=None,
+            b, S.RUNNING, upstream_url=upstream.url, upstream_headers=dict(upstream.headers),
+            ready_at=now, charged_until=now, last_heartbeat_at=now, lease_owner=None,
+            lease_expires_at=None,
         )  # fmt: skip
         log.info("sandbox.running", sandbox_id=b.sandbox_id, port=port)
 

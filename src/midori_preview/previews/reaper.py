@@ -178,8 +178,9 @@ class Reaper:
         return dict(counts)
 
     async def _keep_alive(self, row: Sandbox) -> bool:
-        """Watched sandboxes reset the provider's own idle auto-stop (Daytona does not count
-        preview traffic as activity), at most once a minute per sandbox."""
+        """Watched sandboxes reset the provider's own idle auto-stop, at most once a minute per
+        sandbox: Daytona counts preview traffic as activity, but a watched page that fetches
+        nothing makes none (heartbeats are what say someone watches)."""
         if row.provider_id is None:
             return False
         last = self._kept_alive.get(row.id)

@@ -295,9 +295,18 @@ class PreviewStatus(Camel):
     project_id: str
     status: Status
     reason: str | None
-    preview_url: str | None
-    preview_token: str | None
-    open_url: str | None
+    preview_url: str | None = Field(
+        description="The service's preview host for programs (send `previewToken` in the "
+        "`x-daytona-preview-token` header); set while the preview builds or runs."
+    )
+    preview_token: str | None = Field(
+        description="This preview's own token (the service's, never the provider's)."
+    )
+    open_url: str | None = Field(
+        description="A link for browsers, top-level or in a cross-site iframe: its credential is "
+        "in the host name. Set from the start: while the preview builds it shows the build, then "
+        "turns into the site; once stopped it says why."
+    )
     created_at: datetime
     ready_at: datetime | None
     last_heartbeat_at: datetime | None

@@ -11,6 +11,7 @@ integration call it; each use case lives in its own module:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,6 +22,7 @@ from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.db.usage import UsageRepository
 from midori_preview.errors import SandboxNotRunning
 from midori_preview.events import Event, EventBus
+from midori_preview.gateway.labels import PreviewLinks
 from midori_preview.logging import get_logger
 from midori_preview.previews.admission import Admission, Terms
 from midori_preview.previews.build_cache import BuildCache
@@ -38,11 +40,12 @@ from midori_preview.previews.schemas import (
 from midori_preview.previews.states import SandboxStatus
 from midori_preview.previews.stops import Stops
 from midori_preview.previews.transitions import Transitions
-from midori_preview.previews.views import owned_row, status_of
+from midori_preview.previews.views import HostView, host_view_of, owned_row, status_of
 from midori_preview.providers.base import (
     ProviderError,
     ProviderSandboxInfo,
     SandboxProvider,
+    Upstream,
 )
 from midori_preview.providers.labels import owned_selector
 from midori_preview.quota.service import QuotaService
@@ -64,9 +67,12 @@ class PreviewService:
         provider: SandboxProvider,
         clock: Clock,
         replica_id: str,
+        links: PreviewLinks,
         build_cache: BuildCache | None = None,
     ) -> None:
         self.settings = settings
+        self.links = links  # the service's own preview links (the gateway serves them)
+        self._upstreams: dict[str, Upstream] = {}  # rows that ran before upstreams were stored
         self.repo = sandboxes  # the sandbox rows (the GitHub exporter reads them too)
         self.quota = quota
         self.events = events
@@ -97,6 +103,7 @@ class PreviewService:
             provider=provider,
             builds=self.builds,
             clock=clock,
+            links=links,
         )
         self.heartbeats = Heartbeats(
             settings=settings,
@@ -144,7 +151,6 @@ class PreviewService:
                 start_timeout=s.start_timeout_seconds,
                 clone_timeout=s.git_clone_timeout_seconds,
                 lease_seconds=s.build_lease_seconds,
-                open_url_ttl_seconds=s.open_url_ttl_seconds,
             ),
             replica_id=self.replica_id,
             on_failed=release,
@@ -175,11 +181,11 @@ class PreviewService:
     async def status(self, sandbox_id: str, user_id: str | None) -> PreviewStatus:
         """The sandbox's status with the owner's usage today (404 unless `user_id` owns it)."""
         row = await owned_row(self.repo, sandbox_id, user_id)
-        return status_of(row, usage=await self.usage(row.user_id))
+        return status_of(row, self.links, usage=await self.usage(row.user_id))
 
     async def state(self, sandbox_id: str, user_id: str | None) -> PreviewStatus:
         """The status without usage: one row read (event streams re-check it while they wait)."""
-        return status_of(await owned_row(self.repo, sandbox_id, user_id))
+        return status_of(await owned_row(self.repo, sandbox_id, user_id), self.links)
 
     def follow_events(
         self, sandbox_id: str, *, after: str, block_ms: int | None
@@ -195,11 +201,33 @@ class PreviewService:
     async def fresh_open_url(self, sandbox_id: str, ttl_seconds: int) -> str:
         """A newly signed, short-lived browser link to a running sandbox (review links)."""
         row = await owned_row(self.repo, sandbox_id, None)
-        if row.status != SandboxStatus.RUNNING or not row.provider_id:
+        if row.status != SandboxStatus.RUNNING or not row.preview_token:
             raise SandboxNotRunning("This preview is not running.", sandboxId=sandbox_id)
-        handle = self.provider.attach(row.provider_id, row.id)
-        link = await self.provider.preview_link(handle, row.port, open_url_ttl_seconds=ttl_seconds)
-        return link.open_url
+        until = self.clock.now() + timedelta(seconds=ttl_seconds)
+        return self.links.open_url(row.id, row.port, row.preview_token, until)
+
+    # --- what the preview gateway asks --------------------------------------------------------
+
+    async def host_view(self, sandbox_id: str) -> HostView | None:
+        """What the gateway needs of a sandbox (one row read), or None when there is none."""
+        row = await self.repo.get(sandbox_id)
+        return host_view_of(row) if row is not None else None
+
+    async def upstream(self, view: HostView) -> Upstream:
+        """Where a running sandbox's server is: as stored with its row, else (a row that reached
+        `running` before upstreams were stored) asked of the provider once per replica."""
+        if view.upstream is not None:
+            return view.upstream
+        found = self._upstreams.get(view.sandbox_id)
+        if found is None:
+            if view.provider_id is None:
+                raise ProviderError("the sandbox has no provider sandbox")
+            handle = self.provider.attach(view.provider_id, view.sandbox_id)
+            found = await self.provider.upstream(handle, view.port)
+            if len(self._upstreams) >= 1024:
+                self._upstreams.clear()
+            self._upstreams[view.sandbox_id] = found
+        return found
 
     # --- heartbeat and stop -----------------------------------------------------------------
 

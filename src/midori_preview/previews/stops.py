@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from midori_preview.clock import Clock
 from midori_preview.db.models import Sandbox
 from midori_preview.db.sandboxes import SandboxRepository
+from midori_preview.gateway.labels import PreviewLinks
 from midori_preview.logging import get_logger
 from midori_preview.previews.builds import Builds
 from midori_preview.previews.charging import Charger
@@ -41,8 +42,10 @@ class Stops:
         provider: SandboxProvider,
         builds: Builds,
         clock: Clock,
+        links: PreviewLinks,
     ) -> None:
         self.sandboxes = sandboxes
+        self.links = links
         self.transitions = transitions
         self.charger = charger
         self.quota = quota
@@ -56,7 +59,7 @@ class Stops:
         """Stop a sandbox (idempotent): its processes and files are gone when this returns."""
         row = await owned_row(self.sandboxes, sandbox_id, user_id)
         if row.status in TERMINAL:
-            return status_of(row)
+            return status_of(row, self.links)
         if row.status != S.STOPPING:
             if not await self._claim(row, reason):  # raced with a transition or another stop
                 return await self.stop(sandbox_id, reason=reason, user_id=user_id)
@@ -109,7 +112,7 @@ class Stops:
                 await self.provider.delete(handle)
             except ProviderError as exc:
                 log.warning("sandbox.delete_failed", sandbox_id=row.id, code=exc.code)
-                return status_of(row)
+                return status_of(row, self.links)
             log.info("sandbox.deleted", sandbox_id=row.id, reason=row.reason)
 
         async def free() -> None:
@@ -119,7 +122,7 @@ class Stops:
             row.id, (S.STOPPING,), S.STOPPED, announce={"reason": row.reason},
             before_announce=free, lease_owner=None, lease_expires_at=None,
         )  # fmt: skip
-        return status_of(await owned_row(self.sandboxes, row.id, None))
+        return status_of(await owned_row(self.sandboxes, row.id, None), self.links)
 
     async def fail_lost_build(self, row: Sandbox) -> bool:
         """End a build whose replica stopped renewing its lease (as read: not renewed since) in

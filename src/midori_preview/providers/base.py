@@ -89,16 +89,27 @@ class ExecResult:
 
 @dataclass(frozen=True, slots=True)
 class PreviewLink:
-    """How to reach a port of a sandbox.
+    """How to reach a port of a sandbox on the provider's own terms.
 
     `url` needs `token` in the `x-daytona-preview-token` header; `open_url` carries its own
-    short-lived credential (a signed URL) and opens in a browser, top-level or in an iframe.
+    short-lived credential (a signed URL). Callers of the service never see these: they get the
+    service's own preview hosts and credentials (`gateway`).
     """
 
     url: str
     token: str
     open_url: str
     open_url_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where the service's preview gateway forwards a sandbox's preview traffic: a base URL (the
+    request's path is appended to its path) and the headers that authorize the gateway there
+    (Daytona's preview token…). Both stay inside the service: never shown, never logged."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -242,7 +253,14 @@ class SandboxProvider(Protocol):
     async def preview_link(
         self, sandbox: ProviderSandbox, port: int, *, open_url_ttl_seconds: int
     ) -> PreviewLink:
-        """The preview URL + token for `port`, and a signed URL that opens in a browser."""
+        """The provider's own preview URL + token for `port`, and its own signed URL. The service
+        hands none of them out (its gateway serves every preview, see `upstream`)."""
+        ...
+
+    async def upstream(self, sandbox: ProviderSandbox, port: int) -> Upstream:
+        """Where the gateway reaches the server on `port` (base URL + the headers that authorize
+        the gateway there). At most one provider call; the service stores the answer with the
+        sandbox so that any replica serves its preview without asking again."""
         ...
 
     async def delete(self, sandbox: ProviderSandbox) -> None:

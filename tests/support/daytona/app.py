@@ -230,6 +230,12 @@ class DaytonaEmulator(FaultInjection):
         with self._state.lock:
             return list(self._state.git_clones)
 
+    def preview_activity(self, sandbox_id: str) -> int:
+        """How many times preview traffic updated the sandbox's last activity (as Daytona's
+        proxy does for each request, unless told to skip it)."""
+        with self._state.lock:
+            return self._preview_api.activity[sandbox_id]
+
     def sandbox_home(self, sandbox_id: str) -> Path:
         """The host directory that the sandbox sees as /home/daytona."""
         with self._state.lock:

@@ -7,8 +7,9 @@ followed by a background task per sandbox, cancelled on delete.
 
 Sandboxes carry labels (`midori-preview=1`, deployment, our sandbox id, user, project) so that the
 service can always find what it owns, and Daytona's auto-stop is set a little above our idle
-timeout, with auto-delete on stop, as a safety net should the service die. Daytona does not count
-preview traffic as activity: while someone watches for longer than that, call `keep_alive`.
+timeout, with auto-delete on stop, as a safety net should the service die. Daytona counts
+preview traffic as activity, but a watched page that fetches nothing makes none: while someone
+watches, the reaper calls `keep_alive`.
 
 No hidden calls: handles, preview URLs and tokens are cached per sandbox, so heartbeats and status
 reads never reach Daytona.
@@ -57,6 +58,7 @@ from midori_preview.providers.base import (
     ProviderTimeout,
     SandboxFailed,
     SandboxSpec,
+    Upstream,
 )
 from midori_preview.providers.daytona.config import DaytonaProviderConfig
 from midori_preview.providers.daytona.errors import (
@@ -265,6 +267,13 @@ class DaytonaProvider:
         )
         return PreviewLink(url, token, open_url=signed.url, open_url_expires_at=expires_at)
 
+    async def upstream(self, sandbox: ProviderSandbox, port: int) -> Upstream:
+        """Daytona's preview URL with its token and the warning-page skip: the service's gateway
+        adds them, so browsers never meet Daytona's token or its warning page."""
+        url, token = await self._preview(sandbox, port)
+        headers = {"x-daytona-preview-token": token, "X-Daytona-Skip-Preview-Warning": "true"}
+        return Upstream(url, headers)
+
     async def delete(self, sandbox: ProviderSandbox) -> None:
         handle = self._handles.get(sandbox.provider_id)
         await self._forget(sandbox.provider_id)
@@ -326,7 +335,8 @@ class DaytonaProvider:
         )
 
     async def keep_alive(self, sandbox: ProviderSandbox) -> bool:
-        """Reset Daytona's auto-stop clock (preview traffic does not count as activity)."""
+        """Reset Daytona's auto-stop clock for a watched sandbox (a page that fetches nothing
+        makes no preview traffic, which would count as activity)."""
         handle = await self._handle(sandbox)
         await self._retry.call(
             "refresh activity", lambda: handle.refresh_activity(request_timeout=self._timeout)

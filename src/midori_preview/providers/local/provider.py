@@ -1,17 +1,16 @@
-"""Local sandboxes: a workspace directory and process groups on this host, served through the
-service's own token-checked preview proxy. The embedded default: previews with no account."""
+"""Local sandboxes: a workspace directory and process groups on this host, whose servers the
+service's preview gateway reaches on loopback. The embedded default: previews with no account."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import shutil
 import socket
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -31,12 +30,12 @@ from midori_preview.providers.base import (
     ProviderState,
     SandboxSpec,
     ServerExited,
+    Upstream,
 )
 from midori_preview.providers.files import UnsafePath, write_files
 from midori_preview.providers.git import Git, GitFailed, GitTimeout
 from midori_preview.providers.labels import LABEL_SANDBOX_ID
 from midori_preview.providers.local.runner import Limits, Runner
-from midori_preview.providers.local.signing import sign_label
 from midori_preview.providers.processes import Child, kill_group, kill_group_and_wait
 
 log = get_logger(__name__)
@@ -49,12 +48,8 @@ class LocalProviderConfig:
     root: Path  # DATA_DIR/sandboxes
     isolation: str  # auto | bwrap | none
     limits: Limits
-    base_domain: str
-    public_port: int
-    scheme: str
-    signing_key: bytes
     npm_cache: Path | None = None
-    clock: Clock = field(default_factory=SystemClock)  # creation times, signed links' expiry
+    clock: Clock = field(default_factory=SystemClock)  # creation times
 
 
 @dataclass
@@ -64,7 +59,6 @@ class _Local:
     workspace: Path
     labels: dict[str, str]
     created_at: datetime
-    token: str
     ports: dict[int, int] = field(default_factory=dict)  # logical port → host port
     groups: set[int] = field(default_factory=set)
     exited: dict[int, int] = field(default_factory=dict)  # logical port → server exit code
@@ -117,7 +111,6 @@ class LocalProvider:
             workspace=workspace,
             labels=dict(spec.labels),
             created_at=self.config.clock.now(),
-            token=secrets.token_urlsafe(24),
         )
         return self.attach(spec.sandbox_id, spec.sandbox_id)
 
@@ -261,10 +254,6 @@ class LocalProvider:
         local = self._sandboxes.get(sandbox_id)
         return None if local is None else local.ports.get(port)
 
-    def token(self, sandbox_id: str) -> str | None:
-        local = self._sandboxes.get(sandbox_id)
-        return None if local is None else local.token
-
     async def probe(self, sandbox: ProviderSandbox, port: int, *, timeout: float) -> bool:
         local = self._get(sandbox)
         if port in local.exited:
@@ -281,29 +270,20 @@ class LocalProvider:
             return False
         return True
 
+    async def upstream(self, sandbox: ProviderSandbox, port: int) -> Upstream:
+        """The server's loopback address on this host (no credential: only the service's
+        gateway, on this host, forwards to it)."""
+        host_port = self._get(sandbox).ports.get(port)
+        if host_port is None:
+            raise ProviderError(f"no server was started on port {port}")
+        return Upstream(f"http://127.0.0.1:{host_port}/")
+
     async def preview_link(
         self, sandbox: ProviderSandbox, port: int, *, open_url_ttl_seconds: int
     ) -> PreviewLink:
-        local = self._get(sandbox)
-        cfg = self.config
-        expires = cfg.clock.now() + timedelta(seconds=open_url_ttl_seconds)
-        label = sign_label(
-            cfg.signing_key, local.sandbox_id, port, int(expires.timestamp()), local.token
-        )
-        return PreviewLink(
-            url=self._url(f"{port}-{local.sandbox_id}"),
-            token=local.token,
-            open_url=self._url(label),
-            open_url_expires_at=expires,
-        )
-
-    def _url(self, label: str) -> str:
-        cfg = self.config
-        default = (cfg.scheme == "http" and cfg.public_port == 80) or (
-            cfg.scheme == "https" and cfg.public_port == 443
-        )
-        port = "" if default else f":{cfg.public_port}"
-        return f"{cfg.scheme}://{label}.{cfg.base_domain}{port}/"
+        """Local sandboxes have no link of their own: the loopback address, no credential."""
+        url = (await self.upstream(sandbox, port)).url
+        return PreviewLink(url=url, token="", open_url=url)
 
 
 async def _pump(child: Child, tail: deque[str], on_output: OutputCallback | None) -> None:

@@ -1,5 +1,7 @@
 // The demo page: start a preview of the example project, follow its build live, show it in an
-// iframe while keeping it alive, and stop it (button, or leaving the page).
+// iframe while keeping it alive, and stop it (button, or leaving the page). A preview the service
+// stopped (idle, quota…) stays in the iframe as the service's page saying why; its "Start it
+// again" button asks this page (postMessage) to start a new preview of the same source.
 import {
   createPreviewClient,
   explainError,
@@ -253,6 +255,7 @@ async function onRunning() {
   // The preview may run scripts on its own origin, but not navigate this page.
   frame.sandbox.add("allow-scripts", "allow-same-origin", "allow-forms", "allow-popups");
   frame.src = status.openUrl;
+  c.openUrl = status.openUrl;
   $("frame-box").replaceChildren(frame);
   $("open-link").href = status.openUrl;
   $("preview").hidden = false;
@@ -294,8 +297,13 @@ function finish(status, reason, error) {
   clearInterval(c.quotaTimer);
   c.alive?.stop();
   c.events?.close();
-  $("frame-box").replaceChildren();
-  $("preview").hidden = true;
+  const frame = $("frame");
+  if (status === "stopped" && reason && reason !== "user" && frame && c.openUrl) {
+    frame.src = c.openUrl; // the service's page: why it stopped, and a way to start it again
+  } else {
+    $("frame-box").replaceChildren();
+    $("preview").hidden = true;
+  }
   $("start").disabled = false;
   $("stop").disabled = true;
   setHeartbeat("idle", "Stopped");
@@ -380,35 +388,55 @@ async function start({ replace = false } = {}) {
     $("prompt-json").focus();
     return;
   }
+  const template = /** @type {HTMLInputElement} */ (document.querySelector("input[name=template]:checked")).value;
+  const projectId = String(p.projectId ?? "demo").replace(/[^A-Za-z0-9._:@-]/g, "-").slice(0, 200) || "demo";
+  beginStarting("Starting…");
+  try {
+    started(await client.startPreview({ projectId, promptJson: p, template, replace }));
+  } catch (err) {
+    startFailed(err);
+  }
+}
+
+/** Clear the page for a new preview (the one shown, if any, gives way: one at a time). */
+function beginStarting(text) {
   if (current && !current.finished) {
-    // One preview at a time on this page: the running one gives way.
     current.alive?.stop();
     current.events?.close();
     current.finished = true;
     clearInterval(current.elapsedTimer);
     clearInterval(current.quotaTimer);
   }
-  const template = /** @type {HTMLInputElement} */ (document.querySelector("input[name=template]:checked")).value;
-  const projectId = String(p.projectId ?? "demo").replace(/[^A-Za-z0-9._:@-]/g, "-").slice(0, 200) || "demo";
   clearError();
   $("log").replaceChildren();
+  $("frame-box").replaceChildren();
   $("preview").hidden = true;
   $("start").disabled = true;
   $("progress").value = 0;
   $("elapsed").textContent = "0.0 s";
-  setStatus("Starting…");
-  try {
-    const created = await client.startPreview({ projectId, promptJson: p, template, replace });
-    follow(created);
-    if (NARROW.matches) $("build-h").scrollIntoView({ block: "start" });
-  } catch (err) {
-    current = null;
-    $("start").disabled = false;
-    setStatus("Could not start the preview.");
-    showError(explainError(err), errorActions(err));
-    if (NARROW.matches) $("error").scrollIntoView({ block: "center" });
-  }
+  setStatus(text);
 }
+
+function started(created) {
+  follow(created);
+  if (NARROW.matches) $("build-h").scrollIntoView({ block: "start" });
+}
+
+function startFailed(err) {
+  current = null;
+  $("start").disabled = false;
+  setStatus("Could not start the preview.");
+  showError(explainError(err), errorActions(err));
+  if (NARROW.matches) $("error").scrollIntoView({ block: "center" });
+}
+
+// "Start it again" on the stopped preview's page (in our iframe): the same source, anew.
+client.handleRestarts({
+  accept: (event) => event.source === $("frame")?.contentWindow,
+  onRestarting: () => beginStarting("Starting the preview again…"),
+  onRestart: (created) => started(created),
+  onError: (err) => startFailed(err),
+});
 
 $("start-form").addEventListener("submit", (event) => {
   event.preventDefault();

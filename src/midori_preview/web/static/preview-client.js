@@ -15,6 +15,11 @@
  * });
  * ```
  *
+ * A stopped preview's page (served by the service on the preview's own host) offers the user to
+ * start it again: it posts `{type: "midori-preview:restart", sandboxId}` to the page embedding
+ * it. `client.handleRestarts({onRestart})` answers that by starting a new preview of the same
+ * source (one this client started), replacing the old one.
+ *
  * Authentication: a bearer token (`token`, a string or a function returning one), extra headers
  * (`headers`, e.g. `X-User-Id` in the service's dev mode), or the browser's cookies (NextAuth /
  * Auth.js session cookie, sent with `credentials`). Event streams are read with `fetch()` so
@@ -37,6 +42,9 @@ export const STEPS = Object.freeze([
 
 /** States after which a sandbox never changes again. */
 export const TERMINAL_STATUSES = Object.freeze(["stopped", "error"]);
+
+/** What a stopped preview's page posts to the embedding page to ask for a restart. */
+export const RESTART_MESSAGE = "midori-preview:restart";
 
 const API = "/api/preview";
 
@@ -78,10 +86,12 @@ const API = "/api/preview";
  * @property {string} projectId
  * @property {string} status One of {@link STEPS}, "stopping", "stopped" or "error".
  * @property {string | null} reason Why it stopped (user, idle, expired, quota, admin, error:<step> …).
- * @property {string | null} previewUrl The preview's URL (needs `previewToken` as a header).
+ * @property {string | null} previewUrl The preview's URL (needs `previewToken` as a header); set
+ *   while the preview is building or running.
  * @property {string | null} previewToken
  * @property {string | null} openUrl A signed, short-lived link that works anywhere — a new tab or
  *   a cross-site iframe — because its credential is part of the host name (no cookie needed).
+ *   Set from the start: while the preview builds it shows the build, then turns into the site.
  * @property {{step: string, message: string, exitCode: number | null} | null} error
  * @property {string[]} logsTail
  * @property {Usage | null} usage
@@ -276,6 +286,8 @@ export class PreviewClient {
     this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
     /** Headers of the last request: a page being hidden cannot wait for a token. */
     this._lastAuth = {};
+    /** The create body of each preview this client started: what a restart starts again. */
+    this._sources = new Map();
   }
 
   /** @returns {Promise<Record<string, string>>} */
@@ -321,9 +333,51 @@ export class PreviewClient {
    * @param {{idempotencyKey?: string, signal?: AbortSignal}} [options]
    * @returns {Promise<Created>}
    */
-  startPreview(body, options = {}) {
+  async startPreview(body, options = {}) {
     const headers = options.idempotencyKey ? { "Idempotency-Key": options.idempotencyKey } : {};
-    return this.request("POST", `${API}/daytona`, { body, headers, signal: options.signal });
+    const created = await this.request("POST", `${API}/daytona`, { body, headers, signal: options.signal });
+    this._sources.set(created.sandboxId, body);
+    return created;
+  }
+
+  /**
+   * Start a new preview of the same source as `sandboxId` (a preview this client started),
+   * replacing it if it still runs. Each preview is restarted at most once.
+   * @param {string} sandboxId
+   * @returns {Promise<Created>}
+   */
+  restart(sandboxId) {
+    const body = this._sources.get(sandboxId);
+    if (body === undefined) return Promise.reject(new Error(`unknown preview ${sandboxId}`));
+    this._sources.delete(sandboxId);
+    return this.startPreview({ ...body, replace: true });
+  }
+
+  /**
+   * Answer the restart requests of stopped previews' pages (see {@link RESTART_MESSAGE}): a
+   * message from a window `accept` approves (e.g. the iframe showing the preview), about a
+   * preview this client started, starts it again with {@link PreviewClient#restart}.
+   * @param {{onRestart: (created: Created, previousId: string) => void,
+   *   onRestarting?: (previousId: string) => void, onError?: (err: unknown) => void,
+   *   accept?: (event: MessageEvent) => boolean}} handlers
+   * @returns {{stop: () => void}}
+   */
+  handleRestarts(handlers) {
+    const onMessage = async (event) => {
+      const data = event.data;
+      if (data === null || typeof data !== "object" || data.type !== RESTART_MESSAGE) return;
+      const id = data.sandboxId;
+      if (typeof id !== "string" || !this._sources.has(id)) return;
+      if (handlers.accept && !handlers.accept(event)) return;
+      handlers.onRestarting?.(id);
+      try {
+        handlers.onRestart(await this.restart(id), id);
+      } catch (err) {
+        handlers.onError?.(err);
+      }
+    };
+    globalThis.addEventListener?.("message", onMessage);
+    return { stop: () => globalThis.removeEventListener?.("message", onMessage) };
   }
 
   /**
