@@ -17,10 +17,13 @@ from tests.gateway.conftest import PROVIDERS, provider_app, provider_workdir
 from tests.previews.helpers import (
     API,
     CAFE_NAME,
+    SSE,
+    TOKEN_HEADER,
     cafe_prompt,
     fetch_preview,
     files_body,
     read_events,
+    read_sse,
     stop,
 )
 from tests.support.servers import free_port
@@ -247,3 +250,70 @@ async def test_updates_of_someone_elses_or_a_stopped_preview_and_their_own_rate_
         await stop(running, sid)
         res = await put_source(running, sid, update, user="alice")
         assert res.status_code == 410 and res.json()["error"]["reason"] == "user"
+
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml", "Accept-Encoding": "gzip"}
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_pages_carry_the_reload_script_and_the_channel_announces_new_versions(
+    kind: str, tmp_path: Path, pg_backend: Backend
+) -> None:
+    async with provider_app(tmp_path, pg_backend, kind) as (running, _):
+        status = await start(running, {"projectId": "cafe", "promptJson": cafe_prompt()})
+        sid = status["sandboxId"]
+        host = {"Host": status["previewUrl"].split("/")[2], TOKEN_HEADER: status["previewToken"]}
+
+        page = await running.client.get("/", headers={**host, **BROWSER})
+        assert page.status_code == 200 and "content-encoding" not in page.headers
+        tag = '<script src="/__midori/reload.js" data-midori-version="1" async></script></body>'
+        assert tag in page.text and int(page.headers["content-length"]) == len(page.content)
+        program = await running.client.get("/", headers=host)  # not a browser: as served
+        assert "/__midori/reload.js" not in program.text
+        style = await running.client.get("/styles.css", headers={**host, **BROWSER})
+        assert "/__midori/reload.js" not in style.text
+        script = await running.client.get("/__midori/reload.js", headers={"Host": host["Host"]})
+        assert script.status_code == 200 and "EventSource" in script.text
+
+        before = await status_of(running, sid)
+        assert (await put_source(running, sid, {"promptJson": renamed("Two")})).status_code == 200
+        page = await running.client.get("/", headers={**host, **BROWSER})
+        assert 'data-midori-version="2"' in page.text and "Two" in page.text
+
+        # A page served at version 1 learns at once that version 2 is live; one served at 2 hears
+        # of nothing until the next update. Neither is a viewer: no heartbeat is recorded.
+        async with asyncio.timeout(30):
+            stale = await first_event(running, host, 1)
+            assert stale.event == "updated" and stale.data["version"] == 2
+            async with running.client.stream(
+                "GET", "/__midori/events?version=2", headers=host
+            ) as res:
+                events = read_sse(res.aiter_lines())
+                assert (
+                    await put_source(running, sid, {"promptJson": renamed("3")})
+                ).status_code == 200
+                fresh = await anext(e async for e in events if e.event != "status")
+                assert fresh.event == "updated" and fresh.data["version"] == 3, fresh
+        after = await status_of(running, sid)
+        assert after["lastHeartbeatAt"] == before["lastHeartbeatAt"]
+
+
+async def first_event(running: Running, host: dict[str, str], version: int) -> SSE:
+    async with running.client.stream(
+        "GET", f"/__midori/events?version={version}", headers=host
+    ) as res:
+        assert res.status_code == 200
+        return await anext(e async for e in read_sse(res.aiter_lines()) if e.event != "status")
+
+
+async def test_without_the_setting_pages_are_passed_on_as_served(
+    tmp_path: Path, pg_backend: Backend
+) -> None:
+    async with provider_app(tmp_path, pg_backend, "local", preview_reload_script=False) as (
+        running,
+        _,
+    ):
+        status = await start(running, {"projectId": "cafe", "promptJson": cafe_prompt()})
+        host = {"Host": status["previewUrl"].split("/")[2], TOKEN_HEADER: status["previewToken"]}
+        page = await running.client.get("/", headers={**host, **BROWSER})
+        assert page.status_code == 200 and "/__midori/reload.js" not in page.text
