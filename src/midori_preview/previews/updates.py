@@ -99,17 +99,19 @@ class SourceUpdates:
         """Apply `body` to the caller's running preview (see the module's docstring)."""
         row = await owned_row(self.sandboxes, sandbox_id, user_id)
         _alive(row)
-        self._plan(body, await self._manifest(row))  # a bad or incompatible body fails first
+        current = await self._manifest(row)
+        planned = self._plan(body, current)  # a bad or incompatible body fails first
         await self._rate_limit(user_id)
         try:
-            ticket = int(await self.redis.incr(self.key(sandbox_id, "seq")))
-            await self.redis.expire(self.key(sandbox_id, "seq"), 86400)
+            ticket = await self._ticket(sandbox_id)
             async with self._lock(sandbox_id):
                 row = await self._until_running(sandbox_id, user_id)
                 newest = int(await self.redis.get(self.key(sandbox_id, "seq")) or 0)
                 if newest <= ticket:
                     try:
-                        return await self._apply(row, body)
+                        now = await self._manifest(row)  # an earlier update may have changed it
+                        plan = planned if now == current else self._plan(body, now)
+                        return await self._apply(row, plan)
                     finally:
                         await self.redis.set(self.key(sandbox_id, "done"), ticket, ex=86400)
             return await self._superseded(sandbox_id, user_id, newest)
@@ -140,6 +142,14 @@ class SourceUpdates:
                 headers={"Retry-After": str(wait)},
                 retryAfterSeconds=wait,
             )
+
+    async def _ticket(self, sandbox_id: str) -> int:
+        """This request's place among the updates of `sandbox_id` (the newest one wins)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(self.key(sandbox_id, "seq"))
+            pipe.expire(self.key(sandbox_id, "seq"), 86400)
+            ticket, _ = await pipe.execute()
+        return int(ticket)
 
     def key(self, sandbox_id: str, what: str) -> str:
         return f"{self.prefix}:update:{sandbox_id}:{what}"
@@ -196,8 +206,7 @@ class SourceUpdates:
             superseded=True,
         )
 
-    async def _apply(self, row: Sandbox, body: UpdateSource) -> SourceUpdated:
-        plan = self._plan(body, await self._manifest(row))
+    async def _apply(self, row: Sandbox, plan: UpdatePlan) -> SourceUpdated:
         if plan.noop:
             return SourceUpdated(
                 sandbox_id=row.id,
