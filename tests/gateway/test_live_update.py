@@ -317,3 +317,52 @@ async def test_without_the_setting_pages_are_passed_on_as_served(
         host = {"Host": status["previewUrl"].split("/")[2], TOKEN_HEADER: status["previewToken"]}
         page = await running.client.get("/", headers={**host, **BROWSER})
         assert page.status_code == 200 and "/__midori/reload.js" not in page.text
+
+
+HELD = "mkdir -p out && cp page.html out/index.html.new && touch started && " + (
+    "while [ ! -f release ]; do sleep 0.05; done; mv out/index.html.new out/index.html"
+)
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_the_previous_version_serves_until_the_rebuild_succeeds(
+    kind: str, tmp_path: Path, pg_backend: Backend
+) -> None:
+    async with provider_app(tmp_path, pg_backend, kind) as (running, emulator):
+        first = built_site("<p>first</p>")
+        body = files_body("held", first, build=BUILD, start=SERVE_OUT, port=free_port())
+        status = await start(running, body)
+        sid = status["sandboxId"]
+        workdir = provider_workdir(running, emulator, sid)
+        update = {
+            "files": [
+                {"path": "page.html", "content": "<p>second</p>"},
+                {"path": "build.sh", "content": HELD},
+            ]
+        }
+        task = asyncio.create_task(put_source(running, sid, update))
+        staged = workdir / ".midori-next"
+        await eventually(lambda: (staged / "started").exists(), within=60, what="the rebuild")
+        # The build runs in the staging copy: the preview still serves the first version.
+        assert "first" in (await fetch_preview(running, status)).text
+        assert (workdir / "page.html").read_text() == "<p>first</p>"
+        (staged / "release").write_text("")
+        res = await task
+        assert res.status_code == 200 and res.json()["rebuilt"], res.text
+        assert "second" in (await fetch_preview(running, status)).text
+        assert not staged.exists()
+
+
+async def test_updates_on_the_embedded_backend_too(tmp_path: Path, backend: Backend) -> None:
+    async with provider_app(tmp_path, backend, "local") as (running, _):
+        status = await start(running, {"projectId": "cafe", "promptJson": cafe_prompt()})
+        sid = status["sandboxId"]
+        for n, name in enumerate(["Two", "Three"], start=2):
+            res = await put_source(running, sid, {"promptJson": renamed(name)})
+            assert res.status_code == 200 and res.json()["version"] == n, res.text
+            assert name in (await fetch_preview(running, status)).text
+        same = await put_source(running, sid, {"promptJson": renamed("Three")})
+        assert same.json() | {"updatedAt": None} == {
+            "sandboxId": sid, "version": 3, "updatedAt": None, "changed": False,
+            "superseded": False, "uploaded": [], "deleted": [], "rebuilt": False,
+        }  # fmt: skip
