@@ -101,6 +101,13 @@ class RebuildFailed(PreviewError):
     status = 422
 
 
+class UpdateFailed(PreviewError):
+    """The sandbox did not take an update (the provider failed); `providerCode` says how."""
+
+    code = "update_failed"
+    status = 502
+
+
 class ConcurrencyLimit(PreviewError):
     code = "concurrency_limit"
     status = 409

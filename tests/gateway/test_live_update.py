@@ -366,3 +366,25 @@ async def test_updates_on_the_embedded_backend_too(tmp_path: Path, backend: Back
             "sandboxId": sid, "version": 3, "updatedAt": None, "changed": False,
             "superseded": False, "uploaded": [], "deleted": [], "rebuilt": False,
         }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_preview_stopped_during_its_update_answers_410(
+    kind: str, tmp_path: Path, pg_backend: Backend
+) -> None:
+    async with provider_app(tmp_path, pg_backend, kind) as (running, emulator):
+        body = files_body(
+            "held", built_site("<p>first</p>"), build=BUILD, start=SERVE_OUT, port=free_port()
+        )
+        status = await start(running, body)
+        sid = status["sandboxId"]
+        staged = provider_workdir(running, emulator, sid) / ".midori-next"
+        update = {"files": [{"path": "build.sh", "content": HELD}]}
+        task = asyncio.create_task(put_source(running, sid, update))
+        await eventually(lambda: (staged / "started").exists(), within=60, what="the rebuild")
+        assert (await stop(running, sid)).status_code == 200
+        res = await task
+        assert res.status_code == 410, res.text
+        assert res.json()["error"] | {"message": ""} == {
+            "code": "sandbox_stopped", "message": "", "sandboxId": sid, "reason": "user",
+        }  # fmt: skip

@@ -33,6 +33,7 @@ from midori_preview.errors import (
     RateLimited,
     RebuildFailed,
     SandboxStopped,
+    UpdateFailed,
 )
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
@@ -50,6 +51,7 @@ from midori_preview.previews.views import owned_row
 from midori_preview.providers.base import (
     CommandTimeout,
     FileData,
+    ProviderError,
     ProviderSandbox,
     SandboxProvider,
 )
@@ -216,10 +218,19 @@ class SourceUpdates:
             )
         assert row.provider_id is not None, "a running sandbox has its provider sandbox"
         handle = self.provider.attach(row.provider_id, row.id)
-        if plan.build:
-            await self._rebuild(row, handle, plan)
-        else:
-            await self._write(handle, plan.uploads, plan.deletions, prefix="")
+        try:
+            if plan.build:
+                await self._rebuild(row, handle, plan)
+            else:
+                await self._write(handle, plan.uploads, plan.deletions, prefix="")
+        except (ProviderError, TimeoutError, RebuildFailed) as exc:
+            await self._gone_meanwhile(row)  # stopped while it was being updated: a 410
+            if isinstance(exc, RebuildFailed):
+                raise
+            code = exc.code if isinstance(exc, ProviderError) else "provider_timeout"
+            raise UpdateFailed(
+                "The sandbox did not take the update; try again.", providerCode=code
+            ) from None
         now = self.clock.now()
         m = plan.manifest
         moved = await self.sources.bump(
@@ -241,6 +252,15 @@ class SourceUpdates:
             deleted=plan.deletions,
             rebuilt=bool(plan.build),
         )
+
+    async def _gone_meanwhile(self, row: Sandbox) -> None:
+        fresh = await self.sandboxes.get(row.id)
+        if fresh is None or fresh.status != S.RUNNING:
+            raise SandboxStopped(
+                "This preview stopped during the update.",
+                sandboxId=row.id,
+                reason=fresh.reason if fresh else None,
+            )
 
     async def _announce(
         self, sandbox_id: str, version: int, now: datetime, plan: UpdatePlan
