@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from midori_preview.templates import render_template
 from tests.conftest import Backend, Running, user_headers
 from tests.gateway.conftest import PROVIDERS, provider_app, provider_workdir
 from tests.previews.helpers import (
@@ -388,3 +389,46 @@ async def test_a_preview_stopped_during_its_update_answers_410(
         assert res.json()["error"] | {"message": ""} == {
             "code": "sandbox_stopped", "message": "", "sandboxId": sid, "reason": "user",
         }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def npm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("npm-cache-update")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_node_projects_rebuild_links_its_dependencies_instead_of_copying_them(
+    kind: str, tmp_path: Path, pg_backend: Backend, npm_cache: Path
+) -> None:
+    """The vite template as `files` with `npm ci` and `vite build`: a changed source file is
+    rebuilt in the staging copy against the served node_modules (linked, not copied)."""
+    (tmp_path / "data" / "cache").mkdir(parents=True)
+    (tmp_path / "data" / "cache" / "npm").symlink_to(npm_cache)
+    install = "npm ci --no-audit --no-fund --prefer-offline"
+    if kind == "daytona":
+        install += f" --cache {npm_cache}"
+    built = render_template("vite", cafe_prompt())
+    files = {f.path: f.content for f in built.files}
+    body = files_body(
+        "vite-files", files, install=install, build="npm run build",
+        start='exec python3 -m http.server "$PORT" --bind 127.0.0.1 --directory dist',
+        port=free_port(),
+    )  # fmt: skip
+    async with provider_app(tmp_path, pg_backend, kind, build_step_timeout_seconds=400) as (
+        running,
+        emulator,
+    ):
+        status = await start(running, body)
+        sid = status["sandboxId"]
+        workdir = provider_workdir(running, emulator, sid)
+        page = files["index.html"].decode().replace("<body>", "<body><p>rebuilt-marker</p>", 1)
+        assert "rebuilt-marker" in page
+        res = await put_source(running, sid, {"files": [{"path": "index.html", "content": page}]})
+        assert res.status_code == 200, res.text
+        assert res.json()["rebuilt"] and res.json()["version"] == 2
+        assert "rebuilt-marker" in (await fetch_preview(running, status)).text
+        modules = workdir / "node_modules"
+        assert modules.is_dir() and not modules.is_symlink()
+        assert (modules / ".bin" / "vite").exists()
+        assert not (workdir / ".midori-next").exists()
