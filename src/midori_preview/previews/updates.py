@@ -21,6 +21,7 @@ import shlex
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from redis.exceptions import LockError, RedisError
 
@@ -64,6 +65,7 @@ S = SandboxStatus
 STAGING = ".midori-next"  # the staging copy of the workspace (inside it: the only writable place)
 TAIL = 20
 POLL = 0.05  # how often a waiting update re-reads the row or the newest ticket
+LOCK_TTL = 30  # seconds; renewed every third of it while an update runs
 
 
 class SourceUpdates:
@@ -158,19 +160,25 @@ class SourceUpdates:
 
     @contextlib.asynccontextmanager
     async def _lock(self, sandbox_id: str) -> AsyncIterator[None]:
+        """One update of `sandbox_id` at a time, across replicas. The lock lives LOCK_TTL
+        seconds and is renewed while its update runs: a replica that dies frees it soon."""
         s = self.settings
-        hold = 2 * s.build_step_timeout_seconds + 2 * s.upload_timeout_seconds + 120
+        longest = 2 * s.build_step_timeout_seconds + 2 * s.upload_timeout_seconds + 120
         lock = self.redis.lock(
             self.key(sandbox_id, "lock"),
-            timeout=hold,
-            blocking_timeout=hold + s.update_wait_seconds,
+            timeout=LOCK_TTL,
+            blocking_timeout=longest + s.update_wait_seconds,
             sleep=0.01,
         )
         if not await lock.acquire():
             raise QuotaUnavailable("Too many updates of this preview at once; try again.")
+        renewer = asyncio.create_task(_renew(lock))
         try:
             yield
         finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
             with contextlib.suppress(LockError, RedisError):
                 await lock.release()
 
@@ -374,6 +382,17 @@ def _copy_in(install: bool) -> str:
     if install:
         return copy
     return f"{copy} && if [ -d node_modules ]; then ln -s ../node_modules {_S}/node_modules; fi"
+
+
+async def _renew(lock: Any) -> None:
+    """Keep `lock` alive while its holder works (until cancelled, or the lock is lost)."""
+    while True:
+        await asyncio.sleep(LOCK_TTL / 3)
+        try:
+            await lock.reacquire()
+        except (LockError, RedisError):
+            log.warning("sandbox.update_lock_lost")
+            return
 
 
 def _alive(row: Sandbox) -> None:
