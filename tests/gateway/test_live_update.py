@@ -106,7 +106,7 @@ async def test_an_update_that_needs_a_new_preview_is_a_409_naming_the_difference
         assert error["code"] == "source_incompatible"
         assert error["differences"] == {"template": {"preview": "static", "update": "vite"}}
         res = await put_source(
-            running, prompt["sandboxId"], files_body("x", {"index.html": "<p>x</p>"}) | {}
+            running, prompt["sandboxId"], files_body("x", {"index.html": "<p>x</p>"})
         )
         assert res.status_code == 422  # projectId is not part of an update's body
         res = await put_source(running, prompt["sandboxId"], {"files": [], "deletions": ["a"]})

@@ -56,6 +56,7 @@ async def test_apply_changes_shows_the_new_site_name_in_the_same_preview(
         inner = next(f for f in page.frames if f.url.startswith("http://3000-"))
         await inner.evaluate("window.scrollTo(0, 200)")
         scrolled = await inner.evaluate("window.scrollY")
+        assert scrolled == 200, "the site in the iframe scrolls"
 
         prompt = json.loads(CAFE_JSON.read_text(encoding="utf-8"))
         prompt["name"] = NEW_NAME
@@ -69,8 +70,8 @@ async def test_apply_changes_shows_the_new_site_name_in_the_same_preview(
         [after] = await running.services.db.sandboxes.live_for_user("demo-user")
         assert after.id == row.id and after.version == 2  # the same sandbox, updated
         inner = next(f for f in page.frames if f.url.startswith("http://3000-"))
-        if scrolled > 0:
-            await inner.wait_for_function(f"window.scrollY === {scrolled}", timeout=10_000)
+        # Reloaded where the reader was (the vite page renders after load: it is waited for).
+        await inner.wait_for_function("window.scrollY === 200", timeout=10_000)
         await shot(page, f"live-update-{template}-{kind}")
         # The site has no favicon: the browser's own request for one is the only miss.
         assert [p for p in problems if "/favicon.ico" not in p] == [], problems
