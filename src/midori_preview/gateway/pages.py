@@ -20,6 +20,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {
     RESERVED + "page.js": ("page.js", "text/javascript; charset=utf-8"),
     RESERVED + "page.css": ("page.css", "text/css; charset=utf-8"),
+    RESERVED + "reload.js": ("reload.js", "text/javascript; charset=utf-8"),
 }
 # The pages embed anywhere (the Midori project page's iframe): no frame-ancestors.
 CSP = (
