@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         300, description="How often the reaper reconciles with the provider and Redis."
     )
     reaper_enabled: bool = Field(True, description="Run the reaper in this process.")
+    reaper_batch_size: int = Field(
+        200, ge=1, description="Due rows the reaper reads per query (it continues until none)."
+    )
+    reaper_concurrency: int = Field(
+        32, ge=1, description="Sandboxes the reaper stops at once (provider calls in flight)."
+    )
     stopped_retention_seconds: int = Field(7200, description="Stopped rows leave the active view.")
     state_retention_seconds: int = Field(86400, description="Ephemeral state is pruned after this.")
     orphan_grace_seconds: int = Field(
