@@ -5,6 +5,7 @@ provider call."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +34,19 @@ from midori_preview.previews.states import BUILDING, HOLDING, LIVE, TERMINAL, Sa
 
 S = SandboxStatus
 last_seen = SEEN_AT
-Key = tuple[datetime, str]  # where a keyset batch ended: (the ordering time, the row id)
+Key = tuple[datetime, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BeatSegment:
+    """Consecutive heartbeats of one sandbox, as the ledger applies them (`apply_beats`)."""
+
+    sandbox_id: str
+    after: datetime | None  # the charged_until they continue from (None = NULL)
+    until: datetime
+    at: datetime  # the last heartbeat
+    visible: bool
+    entries: list[LedgerEntry]  # where a keyset batch ended: (the ordering time, the row id)
 
 
 def _at(moment: datetime) -> Any:
@@ -165,6 +178,40 @@ class SandboxRepository:
                 return False
             await add_usage(s, entries, now)
             return True
+
+    async def apply_beats(self, segments: Sequence[BeatSegment], now: datetime) -> set[str]:
+        """Apply heartbeats written behind (`quota.beats`), in one transaction: each segment moves
+        its row's `charged_until` from `after` to `until` (and records the last heartbeat and the
+        tab's visibility) and charges its entries — only if `charged_until` is still `after`, so
+        a segment applied twice charges once. The ids whose segment did not apply."""
+        skipped: set[str] = set()
+        async with self.db.writes() as s, s.begin():
+            for seg in segments:
+                cas = (
+                    Sandbox.charged_until.is_(None)
+                    if seg.after is None
+                    else Sandbox.charged_until == seg.after
+                )
+                moved = await s.execute(
+                    update(Sandbox)
+                    .where(Sandbox.id == seg.sandbox_id, cas)
+                    .values(charged_until=seg.until, last_heartbeat_at=seg.at, visible=seg.visible)
+                )
+                if rows_changed(moved):
+                    await add_usage(s, seg.entries, now)
+                    continue
+                skipped.add(seg.sandbox_id)  # still: the browser was there
+                await s.execute(
+                    update(Sandbox)
+                    .where(
+                        Sandbox.id == seg.sandbox_id,
+                        or_(
+                            Sandbox.last_heartbeat_at.is_(None), Sandbox.last_heartbeat_at < seg.at
+                        ),
+                    )
+                    .values(last_heartbeat_at=seg.at, visible=seg.visible)
+                )
+        return skipped
 
     async def touch_heartbeat(self, sandbox_id: str, now: datetime, visible: bool) -> None:
         async with self.db.writes() as s, s.begin():

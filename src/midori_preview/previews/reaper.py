@@ -127,13 +127,23 @@ class Reaper:
                 with contextlib.suppress(LockError, RedisError):
                     await lock.release()  # expired: nothing to release
 
+    async def flush_heartbeats(self) -> None:
+        """The scheduled job: heartbeats queued in Redis written to Postgres."""
+        try:
+            await self.service.flush_heartbeats()
+        except Exception:
+            log.exception("heartbeats.flush_failed")  # the batch stays in Redis: next time
+
     async def run_pass(self) -> dict[str, Any]:
         """One cleanup pass now (one replica at a time)."""
         started = self.clock.monotonic()
         async with self._exclusive("pass") as mine:
             if not mine:
                 return {"skipped": "another replica is running a pass"}
+            flushed = await self.service.flush_heartbeats()  # the rows show every heartbeat
             counts = await self._pass()
+        if flushed["links"]:
+            counts["heartbeatsFlushed"] = flushed["links"]
         counts["durationMs"] = round((self.clock.monotonic() - started) * 1000, 1)
         log.info("cleanup.pass", **counts)
         state = await self.last_run()

@@ -235,6 +235,10 @@ class PreviewService:
         """Record that someone is watching; charge the time since the last heartbeat."""
         return await self.heartbeats.heartbeat(sandbox_id, user_id, visible)
 
+    async def flush_heartbeats(self) -> dict[str, int]:
+        """Write the heartbeats queued in Redis behind to the rows and the usage ledger."""
+        return await self.heartbeats.flush()
+
     async def stop(
         self, sandbox_id: str, *, reason: str = "user", user_id: str | None = None
     ) -> PreviewStatus:
