@@ -261,6 +261,8 @@ class Reaper:
         """Watched sandboxes reset the provider's own idle auto-stop, one sweep a minute per
         replica: Daytona counts preview traffic as activity, but a watched page that fetches
         nothing makes none (heartbeats are what say someone watches)."""
+        if not self.service.keeps_idle_clock:
+            return 0
         last = self._kept_alive_at
         if last is not None and self.clock.monotonic() - last < KEEP_ALIVE_EVERY_SECONDS:
             return 0

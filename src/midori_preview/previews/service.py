@@ -265,6 +265,12 @@ class PreviewService:
         """Close a row whose provider sandbox is gone (`stopped`, reason lost)."""
         return await self.stops.close_row(row, reason="lost")
 
+    @property
+    def keeps_idle_clock(self) -> bool:
+        """Whether the provider stops idle sandboxes on its own (Daytona's auto-stop), so that
+        watched ones need `keep_alive`; local sandboxes keep none."""
+        return self.provider.name != "local"
+
     async def keep_alive(self, row: Sandbox) -> bool:
         """Reset the provider's own idle clock of a watched sandbox; False when nothing was done."""
         if row.provider_id is None:
