@@ -49,6 +49,8 @@ async def _live_rows(url: str, n: int) -> list[tuple[str, str]]:
             text(reaper_scale.SEED),
             {"tag": "live", "n": n, "age": 1},
         )
+        # No provider sandbox behind them: not "lost" to the served reaper's sync either.
+        await conn.execute(text("UPDATE sandboxes SET provider_id = NULL WHERE id LIKE 'live%'"))
     await engine.dispose()
     return [(f"liveu{i}", f"live{i}") for i in range(1, n + 1)]
 

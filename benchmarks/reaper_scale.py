@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from midori_preview.bootstrap import build_provider, build_services
 from midori_preview.clock import SystemClock
+from midori_preview.logging import configure_logging
 from midori_preview.providers.base import ProviderSandbox
 from midori_preview.settings import Settings
 
@@ -94,6 +95,7 @@ async def measure(watched: int, idle: int, tmp: Path) -> dict[str, Any]:
             preview_deployment=f"bench{secrets.token_hex(3)}", log_level="WARNING",
             _env_file=None,
         )  # type: ignore[call-arg]  # fmt: skip
+        configure_logging("WARNING")  # as the served app does: no line per reaped sandbox
         provider = SlowDeletes(build_provider(settings, SystemClock()))
         services = await build_services(settings, clock=SystemClock(), provider=provider)
         try:
