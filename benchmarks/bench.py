@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bench_daytona
 import load
 import reaper_scale
 from harness import API, REDIS_URL, Server, ok, rss_mb, served
@@ -212,8 +213,33 @@ async def reaper_rows(smoke: bool, idle_full: int) -> list[Row]:
     ]
 
 
+async def daytona_rows(smoke: bool) -> list[Row]:
+    async with reaper_scale.scratch_database() as url:
+        d = await bench_daytona.measure(url, 1 if smoke else 3, {"promptJson": previews.EXAMPLE})
+    by_route = ", ".join(f"{route} {n}" for route, n in d["calls"].items())
+    return [
+        [
+            "Daytona emulator, 20 ms per call: static create (median)",
+            f"{d['median_ms']:.0f} ms",
+            f"{d['total']} provider calls: {by_route}",
+            "",
+            "≤ 6 calls per static create",
+            _met(d["total"] <= 6),
+        ],
+        [
+            "Daytona emulator: provider calls per heartbeat / status",
+            f"{d['hot_calls']} calls in {d['hot_requests']} requests",
+            "",
+            "",
+            "0",
+            _met(d["hot_calls"] == 0),
+        ],
+    ]
+
+
 async def run(smoke: bool, idle_full: int) -> list[Row]:
     rows = await reaper_rows(smoke, idle_full)
+    rows += await daytona_rows(smoke)
     rows += await service_rows(smoke)
     return rows
 

@@ -1,5 +1,6 @@
 """`make bench` cannot rot: its smoke run (every section at tiny sizes: the reaper beside watched
-rows with its query plans, memory, open-loop load, time to preview beside the floor) runs here
+rows with its query plans, the Daytona emulator's calls per create and per heartbeat, memory,
+open-loop load, time to preview beside the floor) runs here
 against real Postgres and Redis and must print a full table."""
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def test_the_benchmark_smoke_run_prints_every_section() -> None:
         "RSS per extra live sandbox",
         "time to preview: static",
         "time to preview: files+server",
+        "Daytona emulator, 20 ms per call: static create",
     ):
         assert section in text, f"{section!r} missing from:\n{out.stdout}"
     assert "Seq Scan" not in text.split("none due", 1)[1].splitlines()[0], "a reaper query scans"
+    hot = next(row for row in rows if "provider calls per heartbeat / status" in row)
+    assert hot.startswith("| Daytona emulator: provider calls per heartbeat / status | 0 calls")
     assert ("heartbeat (each sandbox in turn)" in text) or ("h2load is not installed" in text)
