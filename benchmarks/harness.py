@@ -69,9 +69,31 @@ def backend_env(backend: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def served(env: dict[str, str]) -> AsyncIterator[Server]:
-    """The service as its own process (1 uvicorn worker) on a free port, with a client."""
-    port = free_port()
+    """The service as its own process (1 uvicorn worker) on a free port, with a client. A
+    server that exits before answering (its free port taken meanwhile on this shared machine)
+    is started again on another port, twice at most."""
     data_dir = Path(tempfile.mkdtemp(prefix="midori-bench-"))
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
+        for attempt in range(3):
+            port = free_port()
+            proc = _start(env, port, data_dir)
+            try:
+                server = Server(f"http://127.0.0.1:{port}", port, proc.pid, client, data_dir)
+                try:
+                    await _wait_ready(server, proc)
+                except BenchError:
+                    if proc.poll() is None or attempt == 2:
+                        raise
+                    continue
+                yield server
+                return
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def _start(env: dict[str, str], port: int, data_dir: Path) -> subprocess.Popen[bytes]:
     server_env = {
         **os.environ,
         "PORT": str(port),
@@ -83,21 +105,12 @@ async def served(env: dict[str, str]) -> AsyncIterator[Server]:
         "PREVIEW_DEPLOYMENT": f"bench{port}",
         **env,
     }
-    proc = subprocess.Popen(  # noqa: ASYNC220 - a harness, started once
+    return subprocess.Popen(
         [sys.executable, "-m", "midori_preview.cli", "serve"],
         env=server_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
-            server = Server(f"http://127.0.0.1:{port}", port, proc.pid, client, data_dir)
-            await _wait_ready(server, proc)
-            yield server
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 async def _wait_ready(server: Server, proc: subprocess.Popen[bytes]) -> None:
