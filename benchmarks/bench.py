@@ -1,8 +1,13 @@
-"""`make bench`: time to a working preview, heartbeat/status throughput and memory, measured
-against a real server process. Prints a Markdown table (docs/BENCHMARKS.md).
+"""`make bench`: every claim measured side by side with its reference, from the same run, against
+a real server process (Postgres + Redis, one uvicorn worker). Prints one Markdown table.
 
-Run with the project's virtualenv: `.venv/bin/python benchmarks/bench.py --help`. Not part of the
-package: a measuring harness, not something the service runs.
+    .venv/bin/python benchmarks/bench.py            # the full run (under 10 minutes)
+    .venv/bin/python benchmarks/bench.py --smoke    # seconds: every section, tiny sizes
+
+Sections: heartbeat / status / the bare JSON endpoint (`/healthz`) under open-loop load at fixed
+rates (h2load); time to preview beside the floor and the original Midori flow; the reaper at
+scale with its query plans; the service's memory idle and with live sandboxes. Not part of the
+package: a measuring harness beside it.
 """
 
 from __future__ import annotations
@@ -10,342 +15,263 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
-import statistics
-import subprocess
+import platform
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-from live_update import live_update_rows  # live updates (issue 12): its own module
+sys.path.insert(0, str(Path(__file__).parent))
 
-API = "/api/preview/daytona"
-EXAMPLE = {
-    "name": "บ้านกาแฟ Baan Kafae",
-    "tagline": "Slow coffee from the hills of Chiang Rai",
-    "language": "th",
-    "sections": [{"type": "about", "title": "About us", "body": "A six-seat bar in Nimman."}],
-}
-PREVIEWS = (
-    ("static template (promptJson)", {"promptJson": EXAMPLE}),
-    (
-        "vite template (1st run builds with npm, then the build cache)",
-        {"promptJson": EXAMPLE, "template": "vite"},
-    ),
-    ("files + python http.server", {"files": [{"path": "index.html", "content": "<h1>hi</h1>"}]}),
-)
-WRK_SECONDS = 5
+import bench_daytona
+import load
+import reaper_scale
+from harness import API, REDIS_URL, Server, ok, rss_mb, served
+from live_update import live_update_rows
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import previews
+
 Row = list[str]
+HEADER = ["measure", "ours", "reference (same run)", "ratio", "target", "met"]
 
 
-class BenchError(RuntimeError):
-    """The service did not do what the benchmark needs (a failed preview, an error answer)."""
+def _met(ok_: bool | None) -> str:
+    return "n/a" if ok_ is None else ("yes" if ok_ else "**no**")
 
 
-@dataclass
-class Server:
-    base: str
-    pid: int
-    client: httpx.AsyncClient
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _ok(res: httpx.Response, what: str) -> httpx.Response:
-    if res.status_code >= 400:
-        raise BenchError(f"{what}: HTTP {res.status_code}: {res.text[:300]}")
-    return res
-
-
-@asynccontextmanager
-async def served(env: dict[str, str], concurrency: int) -> AsyncIterator[Server]:
-    """The service as its own process (1 uvicorn worker) on a free port, with a client."""
-    port = _free_port()
-    server_env = {
-        **os.environ,
-        **env,
-        "PORT": str(port),
-        "DATA_DIR": tempfile.mkdtemp(prefix="midori-bench-"),
-        "LOG_LEVEL": "WARNING",
-        "CREATE_RATE_PER_MINUTE": "100000",
-        "UPDATE_RATE_PER_MINUTE": "100000",
-        "PREVIEW_DEPLOYMENT": f"bench{port}",
-    }
-    proc = subprocess.Popen(  # noqa: ASYNC220 - a harness, started once
-        [sys.executable, "-m", "midori_preview.cli", "serve"],
-        env=server_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        limits = httpx.Limits(max_connections=concurrency * 2)
-        async with httpx.AsyncClient(timeout=60, limits=limits, trust_env=False) as client:
-            server = Server(f"http://127.0.0.1:{port}", proc.pid, client)
-            await _wait_ready(server, proc)
-            yield server
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-async def _wait_ready(server: Server, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60  # imports alone take seconds on a busy machine
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"the server exited with {proc.returncode} before it answered")
-        try:
-            if (await server.client.get(f"{server.base}/healthz")).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.05)
-    raise BenchError("the server did not answer /healthz within 60 s")
-
-
-async def _until_running(server: Server, sandbox_id: str, user: str) -> dict[str, Any]:
-    """Poll the status every 10 ms until the preview runs; its status."""
-    url, headers = f"{server.base}{API}/{sandbox_id}", {"X-User-Id": user}
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status: dict[str, Any] = _ok(await server.client.get(url, headers=headers), "status").json()
-        if status["status"] == "running":
-            return status
-        if status["status"] in ("error", "stopped"):
-            raise BenchError(f"preview {sandbox_id} failed: {status.get('error')}")
-        await asyncio.sleep(0.01)
-    raise BenchError(f"preview {sandbox_id} did not start within 120 s")
-
-
-async def _create(server: Server, body: dict[str, Any], user: str) -> str:
-    res = await server.client.post(f"{server.base}{API}", json=body, headers={"X-User-Id": user})
-    return str(_ok(res, "create").json()["sandboxId"])
-
-
-async def _stop(server: Server, sandbox_id: str, user: str) -> None:
-    res = await server.client.post(
-        f"{server.base}{API}/stop", json={"sandboxId": sandbox_id}, headers={"X-User-Id": user}
-    )
-    _ok(res, "stop")
-
-
-async def _time_to_preview(server: Server, body: dict[str, Any], user: str) -> float:
-    """Seconds from POST to the first 200 of the page through the preview proxy."""
-    started = time.perf_counter()
-    sandbox_id = await _create(server, body, user)
-    status = await _until_running(server, sandbox_id, user)
-    host = httpx.URL(status["previewUrl"]).host
-    page = await server.client.get(
-        f"{server.base}/",
-        headers={
-            "Host": f"{host}:{httpx.URL(server.base).port}",
-            "x-daytona-preview-token": status["previewToken"],
-        },
-    )
-    if page.status_code != 200:
-        raise BenchError(f"preview {sandbox_id} answered {page.status_code}, not 200")
-    elapsed = time.perf_counter() - started
-    await _stop(server, sandbox_id, user)
-    return elapsed
-
-
-async def preview_rows(server: Server, runs: int) -> list[Row]:
-    rows = []
-    for label, body in PREVIEWS:
-        times = [
-            await _time_to_preview(server, {**body, "projectId": f"b{i}"}, f"u{i}")
-            for i in range(runs)
-        ]
-        median, p95 = statistics.median(times) * 1000, _pct(times, 0.95) * 1000
-        rows.append(
-            [f"time to first 200: {label}", f"{median:.0f} ms", f"p95 {p95:.0f} ms", f"{runs} runs"]
+async def _live_rows(url: str, n: int) -> list[tuple[str, str]]:
+    """`n` running rows (no sandbox behind them: the control plane's state only)."""
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(reaper_scale.SEED),
+            {"tag": "live", "n": n, "age": 1},
         )
+        # No provider sandbox behind them: not "lost" to the served reaper's sync either.
+        await conn.execute(text("UPDATE sandboxes SET provider_id = NULL WHERE id LIKE 'live%'"))
+    await engine.dispose()
+    return [(f"liveu{i}", f"live{i}") for i in range(1, n + 1)]
+
+
+async def _touch(server: Server, live: list[tuple[str, str]]) -> None:
+    """One heartbeat and one status for each live row (their beat records loaded)."""
+    sem = asyncio.Semaphore(16)
+
+    async def one(user: str, sid: str) -> None:
+        async with sem:
+            headers = {"X-User-Id": user}
+            body = {"sandboxId": sid, "visible": True}
+            ok(
+                await server.client.post(
+                    f"{server.base}{API}/heartbeat", json=body, headers=headers
+                ),
+                "hb",
+            )
+            ok(
+                await server.client.get(
+                    f"{server.base}{API}/status?sandboxId={sid}", headers=headers
+                ),
+                "status",
+            )
+
+    await asyncio.gather(*(one(u, s) for u, s in live))
+
+
+async def service_rows(smoke: bool) -> list[Row]:
+    rows: list[Row] = []
+    live_n = 20 if smoke else 200
+    rates = [50.0] if smoke else [100.0, 300.0, 1000.0]
+    seconds = 1.0 if smoke else 20.0
+    async with reaper_scale.scratch_database() as url:
+        env = {"DATABASE_URL": url, "REDIS_URL": REDIS_URL}
+        async with served(env) as server:
+            await asyncio.sleep(1)
+            idle = rss_mb(server.pid)
+            live = await _live_rows(url, live_n)
+            await _touch(server, live)
+            with_live = rss_mb(server.pid)
+            per = (with_live - idle) / live_n
+            rows.append(
+                ["service RSS idle", f"{idle:.0f} MB", "", "", "≤ 150 MB", _met(idle <= 150)]
+            )
+            rows.append([
+                f"RSS per extra live sandbox ({live_n} live, heartbeated + status)",
+                f"{per * 1024:.0f} KB", f"{with_live:.0f} MB total", "", "≤ 0.5 MB",
+                _met(per <= 0.5),
+            ])  # fmt: skip
+            rows += await _load_rows(server, live, rates, seconds)
+            runs = 1 if smoke else 5
+            rows += _preview_rows(await previews.measure(server, runs, vite=not smoke))
+            rows += await live_update_rows(server.base, server.client, runs)
     return rows
 
 
-WRK_SCRIPT = """
-local pairs = {%s}
-local i = 0
-request = function()
-  i = (i %% #pairs) + 1
-  local p = pairs[i]
-  wrk.headers["X-User-Id"] = p[1]
-  wrk.headers["Content-Type"] = "application/json"
-  if p[3] == "heartbeat" then
-    return wrk.format("POST", "/api/preview/daytona/heartbeat", nil,
-      '{"sandboxId":"' .. p[2] .. '","visible":true}')
-  elseif p[3] == "status" then
-    return wrk.format("GET", "/api/preview/daytona/status?sandboxId=" .. p[2])
-  end
-  return wrk.format("GET", "/healthz")
-end
-"""
+async def _load_rows(
+    server: Server, live: list[tuple[str, str]], rates: list[float], seconds: float
+) -> list[Row]:
+    if not load.available():
+        return [
+            [
+                "open-loop load",
+                "skipped",
+                "h2load is not installed (scripts/system-deps)",
+                "",
+                "",
+                "n/a",
+            ]
+        ]
+    rows: list[Row] = []
+    spread = live[:20]
+    base = server.base
+    kinds = {
+        "bare /healthz": [load.bare_target(base)],
+        "heartbeat (each sandbox in turn)": [load.heartbeat_target(base, u, s) for u, s in spread],
+        "heartbeat (duplicates, one sandbox)": [load.heartbeat_target(server.base, *live[0])],
+        "status": [load.status_target(server.base, u, s) for u, s in spread],
+    }  # fmt: skip
+    for rate in rates:
+        res = {name: await load.open_loop(t, rate, seconds) for name, t in kinds.items()}
+        bare = res["bare /healthz"]
+        for name, r in res.items():
+            ratio = r.achieved / bare.achieved if bare.achieved else 0.0
+            target, met = "", None
+            if name != "bare /healthz" and rate == 300:
+                target = "≥ 0.5× bare, p99 ≤ 20 ms"
+                met = ratio >= 0.5 and r.p99_ms <= 20
+            rows.append([
+                f"{name} @ {rate:.0f} req/s offered, {seconds:.0f} s",
+                f"{r.achieved:.0f} req/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms"
+                + (f", {r.errors} errors" if r.errors else ""),
+                "" if name == "bare /healthz" else
+                f"bare: {bare.achieved:.0f} req/s, p99 {bare.p99_ms:.1f} ms",
+                "" if name == "bare /healthz" else f"{ratio:.2f}×", target, _met(met),
+            ])  # fmt: skip
+    return rows
 
 
-def _wrk(base: str, kind: str, watched: list[tuple[str, str]], conns: int) -> str:
-    """Throughput with wrk (a C load generator: the client does not compete for the GIL)."""
-    pairs = ",".join(f'{{"{user}","{sid}","{kind}"}}' for user, sid in watched)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT % pairs)
-    try:
-        argv = ["wrk", "-t2", f"-c{conns}", f"-d{WRK_SECONDS}s", "--latency", "-s", f.name, base]
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(f.name)
+def _preview_rows(t: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for kind, floor_key in (
+        ("static", "static floor"),
+        ("files+server", "files+server floor"),
+        ("vite cached", "vite cached floor"),
+    ):
+        if kind not in t:
+            continue
+        (ours, p95), (floor, _) = t[kind], t[floor_key]
+        needs = kind in ("static", "vite cached")
+        rows.append([
+            f"time to preview: {kind} (median, p95 {p95:.0f} ms)", f"{ours:.0f} ms",
+            f"floor {floor:.0f} ms", f"ours/floor {ours / floor:.1f}×, +{ours - floor:.0f} ms",
+            "≤ floor + 50 ms" if needs else "", _met(ours <= floor + 50 if needs else None),
+        ])  # fmt: skip
+    if "vite cold" in t:
+        rows.append(
+            [
+                "time to preview: vite cold (npm ci + vite build)",
+                f"{t['vite cold'][0]:.0f} ms",
+                "",
+                "",
+                "",
+                "n/a",
+            ]
+        )
+    if "original flow" in t and "vite cached" in t:
+        seed, cached = t["original flow"][0], t["vite cached"][0]
+        rows.append([
+            "original Midori flow (heredoc per file, npm install, build, dev) vs vite cached",
+            f"{cached:.0f} ms", f"original {seed:.0f} ms", f"original/ours {seed / cached:.0f}×",
+            "≥ 30×", _met(seed / cached >= 30),
+        ])  # fmt: skip
+    return rows
 
 
-def _wrk_row(label: str, out: str, conns: int) -> Row:
-    lines = out.splitlines()
-    rate = next(line.split()[1] for line in lines if line.startswith("Requests/sec"))
-    lat = {
-        line.split()[0]: line.split()[1]
-        for line in lines
-        if line.strip().startswith(("50%", "99%"))
-    }
-    errors = [line.strip() for line in lines if "Non-2xx" in line or "errors" in line]
-    detail = f"p50 {lat.get('50%')}, p99 {lat.get('99%')}" + (f"; {errors}" if errors else "")
+async def reaper_rows(smoke: bool, idle_full: int) -> list[Row]:
+    watched, idle = (2_000, 200) if smoke else (100_000, idle_full)
+    with tempfile.TemporaryDirectory(prefix="midori-bench-reaper-") as tmp:
+        r = await reaper_scale.measure(watched, idle, Path(tmp))
+    seq = any("Seq Scan" in p for p in r["plans"])
     return [
-        f"{label} throughput (wrk)",
-        f"{float(rate):.0f} req/s",
-        detail,
-        f"{WRK_SECONDS}s, {conns} conns",
+        [
+            f"reaper: {idle:,} idle reaped beside {watched:,} watched (20 ms per delete)",
+            f"{r['reap_s']:.1f} s ({r['reap_s'] * 10_000 / idle:.0f} s per 10,000 at this rate)",
+            f"sequential deletes alone: {idle * 0.02:.0f} s",
+            f"{r['most_in_flight']} deletes in flight",
+            "10,000 in ≤ 15 s" if not smoke else "",
+            _met(r["reap_s"] * 10_000 / idle <= 15) if not smoke else "n/a",
+        ],
+        [
+            f"reaper: a pass over {watched:,} live rows, none due (median of 5)",
+            f"{r['quiet_ms']:.1f} ms",
+            "plans: " + "; ".join(sorted(set(r["plans"]))),
+            "no Seq Scan" if not seq else "**Seq Scan**",
+            "≤ 50 ms, index",
+            _met(r["quiet_ms"] <= 50 and not seq and r["quiet_due"] == 0),
+        ],
     ]
 
 
-Request = Callable[[int], Awaitable[httpx.Response]]
+async def daytona_rows(smoke: bool) -> list[Row]:
+    async with reaper_scale.scratch_database() as url:
+        d = await bench_daytona.measure(url, 1 if smoke else 3, {"promptJson": previews.EXAMPLE})
+    by_route = ", ".join(f"{route} {n}" for route, n in d["calls"].items())
+    return [
+        [
+            "Daytona emulator, 20 ms per call: static create (median)",
+            f"{d['median_ms']:.0f} ms",
+            f"{d['total']} provider calls: {by_route}",
+            "",
+            "≤ 6 calls per static create",
+            _met(d["total"] <= 6),
+        ],
+        [
+            "Daytona emulator: provider calls per heartbeat / status",
+            f"{d['hot_calls']} calls in {d['hot_requests']} requests",
+            "",
+            "",
+            "0",
+            _met(d["hot_calls"] == 0),
+        ],
+    ]
 
 
-async def _load(make: Request, total: int, concurrency: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    queue = list(range(total))
-
-    async def worker() -> None:
-        while queue:
-            i = queue.pop()
-            t = time.perf_counter()
-            _ok(await make(i), "load request")
-            latencies.append(time.perf_counter() - t)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return total / (time.perf_counter() - started), latencies
-
-
-def _requests(server: Server, watched: list[tuple[str, str]]) -> dict[str, Request]:
-    """One request maker per measured route, spread over the watched previews."""
-    client, base = server.client, server.base
-
-    async def heartbeat(i: int) -> httpx.Response:
-        user, sid = watched[i % len(watched)]
-        body = {"sandboxId": sid, "visible": True}
-        return await client.post(f"{base}{API}/heartbeat", json=body, headers={"X-User-Id": user})
-
-    async def status(i: int) -> httpx.Response:
-        user, sid = watched[i % len(watched)]
-        return await client.get(f"{base}{API}/status?sandboxId={sid}", headers={"X-User-Id": user})
-
-    async def health(i: int) -> httpx.Response:
-        return await client.get(f"{base}/healthz")
-
-    return {"healthz (baseline)": health, "heartbeat": heartbeat, "status": status}
-
-
-async def throughput_rows(
-    server: Server, watched: list[tuple[str, str]], requests: int, concurrency: int
-) -> list[Row]:
-    rows = []
-    if shutil.which("wrk"):
-        for label, kind in (
-            ("healthz (baseline)", "healthz"),
-            ("heartbeat", "heartbeat"),
-            ("status", "status"),
-        ):
-            out = await asyncio.to_thread(_wrk, server.base, kind, watched, concurrency)
-            rows.append(_wrk_row(label, out, concurrency))
-    for label, make in _requests(server, watched).items():
-        rate, lat = await _load(make, requests, concurrency)
-        p50, p99 = _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000
-        rows.append(
-            [
-                f"{label} throughput",
-                f"{rate:.0f} req/s",
-                f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
-                f"{requests} req, {concurrency} conc.",
-            ]
-        )
-    return rows
-
-
-async def run(runs: int, requests: int, concurrency: int, env: dict[str, str]) -> list[Row]:
-    async with served(env, concurrency) as server:
-        rss_idle = _rss_mb(server.pid)
-        rows = await preview_rows(server, runs)
-        rows += await live_update_rows(server.base, server.client, runs)
-        body = {"projectId": "hb", "files": [{"path": "index.html", "content": "x"}]}
-        watched = [(f"hb{i}", await _create(server, body, f"hb{i}")) for i in range(concurrency)]
-        for user, sid in watched:
-            await _until_running(server, sid, user)
-        rows += await throughput_rows(server, watched, requests, concurrency)
-        rss_after = _rss_mb(server.pid)
-        rows.append(
-            [
-                "server RSS idle → after load",
-                f"{rss_idle:.0f} MB",
-                f"{rss_after:.0f} MB",
-                f"{len(watched)} previews running",
-            ]
-        )
-        for user, sid in watched:
-            await _stop(server, sid, user)
+async def run(smoke: bool, idle_full: int) -> list[Row]:
+    rows = await reaper_rows(smoke, idle_full)
+    rows += await daytona_rows(smoke)
+    rows += await service_rows(smoke)
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=5, help="Previews timed per source kind.")
-    parser.add_argument("--requests", type=int, default=2000, help="Requests per measurement.")
-    parser.add_argument("--concurrency", type=int, default=16, help="Concurrent clients/previews.")
+    parser.add_argument("--smoke", action="store_true", help="Seconds: tiny sizes, no vite.")
     parser.add_argument(
-        "--backend",
-        choices=["embedded", "pg"],
-        default="embedded",
-        help="embedded (SQLite + in-process store) or pg (Postgres + Redis)",
+        "--reaper-idle",
+        type=int,
+        default=2_000,
+        help="Idle sandboxes the full run reaps beside 100,000 watched (10,000 to measure the "
+        "target itself; the table gives the time per 10,000 at the measured rate).",
     )
     args = parser.parse_args(argv)
-    env: dict[str, str] = {}
-    if args.backend == "pg":
-        env = {
-            "DATABASE_URL": os.environ.get(
-                "BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-            ),
-            "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        }
-    rows = asyncio.run(run(args.runs, args.requests, args.concurrency, env))
-    print(f"backend: {args.backend} (1 uvicorn worker, {os.cpu_count()} cores)")
-    print("| what | result | detail | sample |")
-    print("|---|---|---|---|")
+    started = time.perf_counter()
+    rows = asyncio.run(run(args.smoke, args.reaper_idle))
+    took = time.perf_counter() - started
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = models[0] if models else platform.processor()
+    print(f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    python = platform.python_version()
+    load1 = os.getloadavg()[0]
+    print(f"- machine: {platform.node()}, {os.cpu_count()} cores ({cpu}), Python {python}")
+    print(f"- load average at the end: {load1:.1f} (the machine is shared)")
+    print(f"- command: `make bench`{' ARGS=--smoke' if args.smoke else ''}; took {took:.0f} s")
+    print()
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "---|" * len(HEADER))
     for row in rows:
         print("| " + " | ".join(row) + " |")
     sys.stdout.flush()

@@ -1,6 +1,7 @@
 """The in-process scheduler (APScheduler): every background loop of the service is a job here —
-the reaper's tick and, with webhooks on, GitHub's reconcile. Every replica runs it; the jobs are
-safe with several replicas (locks and compare-and-set inside them)."""
+the reaper's tick, the heartbeats' write-behind flush and, with webhooks on, GitHub's reconcile.
+Every replica runs it; the jobs are safe with several replicas (locks and compare-and-set inside
+them)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from midori_preview.settings import Settings
 log = get_logger(__name__)
 
 GITHUB_RECONCILE_JOB = "github-reconcile"
+FLUSH_JOB = "heartbeat-flush"  # the heartbeats written behind (previews/heartbeats.py)
 
 
 def github_reconcile_seconds(settings: Settings) -> float | None:
@@ -39,6 +41,16 @@ def build_scheduler(
         max_instances=1,
         coalesce=True,
         misfire_grace_time=every,
+    )
+    flush_every = settings.heartbeat_flush_interval_seconds
+    scheduler.add_job(
+        reaper.flush_heartbeats,
+        "interval",
+        seconds=flush_every,
+        id=FLUSH_JOB,
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=max(int(flush_every), 1),
     )
     reconcile_every = github_reconcile_seconds(settings)
     if reconcile_every is not None:

@@ -96,6 +96,17 @@ class Settings(BaseSettings):
         300, description="How often the reaper reconciles with the provider and Redis."
     )
     reaper_enabled: bool = Field(True, description="Run the reaper in this process.")
+    heartbeat_flush_interval_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How often heartbeats queued in Redis are written to Postgres (rows, ledger).",
+    )
+    reaper_batch_size: int = Field(
+        200, ge=1, description="Due rows the reaper reads per query (it continues until none)."
+    )
+    reaper_concurrency: int = Field(
+        32, ge=1, description="Sandboxes the reaper stops at once (provider calls in flight)."
+    )
     stopped_retention_seconds: int = Field(7200, description="Stopped rows leave the active view.")
     state_retention_seconds: int = Field(86400, description="Ephemeral state is pruned after this.")
     orphan_grace_seconds: int = Field(

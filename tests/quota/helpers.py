@@ -86,7 +86,9 @@ async def status(running: Running, sandbox_id: str, *, user: str = "alice") -> d
 
 
 async def ledger(running: Running) -> dict[tuple[str, str, str], int]:
-    """The usage ledger in Postgres/SQLite: (user, day, project) → seconds."""
+    """The usage ledger in Postgres/SQLite: (user, day, project) → seconds, once the heartbeats
+    queued in Redis are written behind (as the scheduler's flush job does)."""
+    await running.service.flush_heartbeats()
     async with running.services.db.database.writes() as s:
         rows = await s.scalars(select(UsageLedger))
         return {(r.user_id, r.day, r.project_id): int(r.seconds) for r in rows}
@@ -103,6 +105,8 @@ async def mirror(running: Running, user: str, day: str) -> int | None:
 
 
 async def row(running: Running, sandbox_id: str) -> Any:
+    """The sandbox's row, once the heartbeats queued in Redis are written behind."""
+    await running.service.flush_heartbeats()
     found = await running.services.db.sandboxes.get(sandbox_id)
     assert found is not None
     return found

@@ -5,7 +5,7 @@ the same moment act once per sandbox. Time moves on the ManualClock; sandboxes a
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,37 @@ async def test_a_sandbox_past_its_ttl_is_expired_even_while_watched(
         assert events(logs, "sandbox.deleted", sandbox_id=sandbox_id, reason="expired")
         assert sandbox_id not in await provider_ids(app)
         assert await app.services.quota.slot_holders("alice") == []
+
+
+def _watched_rows(now: datetime, count: int, *, seen: datetime) -> list[Sandbox]:
+    """Running rows whose browsers are watching (a heartbeat at `seen`), without sandboxes."""
+    fields: dict[str, Any] = dict(
+        project_id="p", kind="user", provider="local", source_kind="files", source_digest="d",
+        status="running", port=3000, commands_run=0, visible=True, active=True, created_at=now,
+        updated_at=now, ready_at=now, last_heartbeat_at=seen, charged_until=seen,
+        expires_at=now + timedelta(hours=2),
+    )  # fmt: skip
+    return [Sandbox(id=new_sandbox_id(), user_id=f"watcher{i}", **fields) for i in range(count)]
+
+
+async def test_idle_sandboxes_are_reaped_however_many_watched_ones_run_beside_them(
+    tmp_path: Path, backend: Backend, clock: ManualClock
+) -> None:
+    """The reaper reads what is due, batch after batch (here 2 a query), never the first N
+    running rows: 650 watched rows inserted before the idle ones hide none of them."""
+    settings = make_settings(tmp_path, backend, reaper_batch_size=2, reaper_concurrency=2)
+    async with running_app(settings, clock=clock) as app:
+        start = clock.now()
+        async with app.services.db.database.writes() as s, s.begin():
+            s.add_all(_watched_rows(start, 650, seen=start + timedelta(seconds=301)))
+        idle = [await create_running(app, "site", user=f"idle{i}") for i in range(3)]
+        clock.advance(301)
+        counts = await app.services.reaper.run_pass()
+        assert counts["idle"] == 3
+        for i, sandbox_id in enumerate(idle):
+            gone = await status(app, sandbox_id, user=f"idle{i}")
+            assert (gone["status"], gone["reason"]) == ("stopped", "idle")
+        assert await app.services.db.sandboxes.status_counts() == {"running": 650, "stopped": 3}
 
 
 async def _build_of_another_replica(
@@ -297,7 +328,9 @@ async def test_a_heartbeat_between_the_reapers_read_and_its_claim_keeps_the_sand
     async with running_app(make_settings(tmp_path, backend), clock=clock) as app:
         sandbox_id = await create_running(app, "site")
         clock.advance(301)
-        (seen,) = await app.services.db.sandboxes.running_rows()  # the reaper read it as idle…
+        (seen,) = await app.services.db.sandboxes.idle_rows(  # the reaper read it as idle…
+            visible=True, seen_before=clock.now(), after=None, limit=10
+        )
         assert (await heartbeat(app, sandbox_id)).status_code == 200  # …then the browser spoke
         claimed = await app.service.reap(
             seen, "idle", expect={"last_heartbeat_at": seen.last_heartbeat_at}

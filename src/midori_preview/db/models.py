@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    func,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -119,7 +120,18 @@ class Sandbox(Base):
         Index("ix_sandboxes_user_status", "user_id", "status"),
         Index("ix_sandboxes_status_active", "status", "active"),
         Index("ix_sandboxes_user_project_digest", "user_id", "project_id", "source_digest"),
+        # The reaper's due queries (migration 0006): past the TTL, lease lost, stuck stopping;
+        # idle is `ix_sandboxes_idle` below (an expression).
+        Index("ix_sandboxes_status_expires", "status", "expires_at"),
+        Index("ix_sandboxes_status_lease", "status", "lease_expires_at"),
+        Index("ix_sandboxes_active_status_updated", "active", "status", "updated_at"),
     )
+
+
+# When a running sandbox was last known watched: its last heartbeat, else when it became ready,
+# else its creation. The reaper's idle and watched queries order by it; indexed as such.
+SEEN_AT = func.coalesce(Sandbox.last_heartbeat_at, Sandbox.ready_at, Sandbox.created_at)
+Index("ix_sandboxes_idle", Sandbox.status, Sandbox.kind, Sandbox.visible, SEEN_AT)
 
 
 class SandboxSource(Base):

@@ -5,6 +5,7 @@ provider call."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    tuple_,
     update,
     values,
 )
@@ -26,11 +28,29 @@ from sqlalchemy.dialects import postgresql
 
 from midori_preview.db.database import Database, rows_changed
 from midori_preview.db.idempotency import insert_key
-from midori_preview.db.models import IdempotencyKey, Sandbox, UsageLedger, UTCDateTime
+from midori_preview.db.models import SEEN_AT, IdempotencyKey, Sandbox, UsageLedger, UTCDateTime
 from midori_preview.db.usage import LedgerEntry, add_usage
 from midori_preview.previews.states import BUILDING, HOLDING, LIVE, TERMINAL, SandboxStatus
 
 S = SandboxStatus
+last_seen = SEEN_AT
+Key = tuple[datetime, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BeatSegment:
+    """Consecutive heartbeats of one sandbox, as the ledger applies them (`apply_beats`)."""
+
+    sandbox_id: str
+    after: datetime | None  # the charged_until they continue from (None = NULL)
+    until: datetime
+    at: datetime  # the last heartbeat
+    visible: bool
+    entries: list[LedgerEntry]  # where a keyset batch ended: (the ordering time, the row id)
+
+
+def _at(moment: datetime) -> Any:
+    return literal(moment, UTCDateTime())
 
 
 class SandboxRepository:
@@ -159,6 +179,40 @@ class SandboxRepository:
             await add_usage(s, entries, now)
             return True
 
+    async def apply_beats(self, segments: Sequence[BeatSegment], now: datetime) -> set[str]:
+        """Apply heartbeats written behind (`quota.beats`), in one transaction: each segment moves
+        its row's `charged_until` from `after` to `until` (and records the last heartbeat and the
+        tab's visibility) and charges its entries — only if `charged_until` is still `after`, so
+        a segment applied twice charges once. The ids whose segment did not apply."""
+        skipped: set[str] = set()
+        async with self.db.writes() as s, s.begin():
+            for seg in segments:
+                cas = (
+                    Sandbox.charged_until.is_(None)
+                    if seg.after is None
+                    else Sandbox.charged_until == seg.after
+                )
+                moved = await s.execute(
+                    update(Sandbox)
+                    .where(Sandbox.id == seg.sandbox_id, cas)
+                    .values(charged_until=seg.until, last_heartbeat_at=seg.at, visible=seg.visible)
+                )
+                if rows_changed(moved):
+                    await add_usage(s, seg.entries, now)
+                    continue
+                skipped.add(seg.sandbox_id)  # still: the browser was there
+                await s.execute(
+                    update(Sandbox)
+                    .where(
+                        Sandbox.id == seg.sandbox_id,
+                        or_(
+                            Sandbox.last_heartbeat_at.is_(None), Sandbox.last_heartbeat_at < seg.at
+                        ),
+                    )
+                    .values(last_heartbeat_at=seg.at, visible=seg.visible)
+                )
+        return skipped
+
     async def touch_heartbeat(self, sandbox_id: str, now: datetime, visible: bool) -> None:
         async with self.db.writes() as s, s.begin():
             await s.execute(
@@ -187,29 +241,75 @@ class SandboxRepository:
         async with self.db.reads() as s:
             return list(await s.scalars(stmt))
 
-    async def running_rows(self, limit: int = 500) -> list[Sandbox]:
-        return await self._rows(select(Sandbox).where(Sandbox.status == S.RUNNING).limit(limit))
+    # Every reaper query selects only what is due, in keyset order (so a pass continues batch
+    # after batch until none is due, and rows it could not act on do not come back in the same
+    # pass), each served by an index of migration 0006.
 
-    async def expired_rows(self, now: datetime, limit: int = 500) -> list[Sandbox]:
+    async def idle_rows(
+        self, *, visible: bool, seen_before: datetime, after: Key | None, limit: int
+    ) -> list[Sandbox]:
+        """Running user sandboxes (visible or hidden tab) last seen at or before `seen_before`
+        (last heartbeat, else ready, else created); `ix_sandboxes_idle`."""
+        conds = [
+            Sandbox.status == S.RUNNING,
+            Sandbox.kind == "user",
+            Sandbox.visible == visible,
+            last_seen <= seen_before,
+        ]
+        if after is not None:
+            conds.append(tuple_(last_seen, Sandbox.id) > tuple_(_at(after[0]), after[1]))
         return await self._rows(
-            select(Sandbox).where(Sandbox.status.in_(LIVE), Sandbox.expires_at <= now).limit(limit)
+            select(Sandbox).where(*conds).order_by(last_seen, Sandbox.id).limit(limit)
         )
 
-    async def stale_lease_rows(self, now: datetime, limit: int = 500) -> list[Sandbox]:
+    async def watched_rows(
+        self, *, seen_after: datetime, after: Key | None, limit: int
+    ) -> list[Sandbox]:
+        """Running user sandboxes seen after `seen_after` (whose provider idle clock the reaper
+        resets); `ix_sandboxes_idle` too."""
+        conds = [Sandbox.status == S.RUNNING, Sandbox.kind == "user", last_seen > seen_after]
+        if after is not None:
+            conds.append(tuple_(last_seen, Sandbox.id) > tuple_(_at(after[0]), after[1]))
         return await self._rows(
-            select(Sandbox)
-            .where(
-                Sandbox.status.in_(BUILDING),
-                or_(Sandbox.lease_expires_at.is_(None), Sandbox.lease_expires_at <= now),
-            )
-            .limit(limit)
+            select(Sandbox).where(*conds).order_by(last_seen, Sandbox.id).limit(limit)
         )
 
-    async def stuck_stopping_rows(self, before: datetime, limit: int = 500) -> list[Sandbox]:
+    async def expired_rows(
+        self, now: datetime, *, after: Key | None = None, limit: int = 500
+    ) -> list[Sandbox]:
+        """Live rows past their TTL; `ix_sandboxes_status_expires`."""
+        conds = [Sandbox.status.in_(LIVE), Sandbox.expires_at <= now]
+        if after is not None:
+            conds.append(tuple_(Sandbox.expires_at, Sandbox.id) > tuple_(_at(after[0]), after[1]))
         return await self._rows(
-            select(Sandbox)
-            .where(Sandbox.status == S.STOPPING, Sandbox.updated_at <= before)
-            .limit(limit)
+            select(Sandbox).where(*conds).order_by(Sandbox.expires_at, Sandbox.id).limit(limit)
+        )
+
+    async def stale_lease_rows(
+        self, now: datetime, *, after: Key | None = None, limit: int = 500
+    ) -> list[Sandbox]:
+        """Builds whose lease ran out (or never had one); `ix_sandboxes_status_lease`."""
+        conds = [
+            Sandbox.status.in_(BUILDING),
+            or_(Sandbox.lease_expires_at.is_(None), Sandbox.lease_expires_at <= now),
+        ]
+        if after is not None:
+            conds.append(Sandbox.id > after[1])
+        return await self._rows(select(Sandbox).where(*conds).order_by(Sandbox.id).limit(limit))
+
+    async def stuck_stopping_rows(
+        self, before: datetime, *, after: Key | None = None, limit: int = 500
+    ) -> list[Sandbox]:
+        """Stops unfinished since `before`; `ix_sandboxes_active_status_updated`."""
+        conds = [
+            Sandbox.active.is_(True),
+            Sandbox.status == S.STOPPING,
+            Sandbox.updated_at <= before,
+        ]
+        if after is not None:
+            conds.append(tuple_(Sandbox.updated_at, Sandbox.id) > tuple_(_at(after[0]), after[1]))
+        return await self._rows(
+            select(Sandbox).where(*conds).order_by(Sandbox.updated_at, Sandbox.id).limit(limit)
         )
 
     async def holding_rows(self) -> list[Sandbox]:

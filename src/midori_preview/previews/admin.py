@@ -114,6 +114,7 @@ class AdminService:
             lambda: {"previewSeconds": 0, "sandboxesCreated": 0, "stoppedByReason": Counter(),
                      "commandsRun": 0}
         )  # fmt: skip
+        await self.reaper.service.flush_heartbeats()  # the ledger counts every heartbeat
         for day, key, seconds in await self.usage.report(
             day_from.isoformat(), day_to.isoformat(), group_by
         ):

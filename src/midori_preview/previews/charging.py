@@ -10,8 +10,10 @@ a reservation whose charge did not commit is refunded."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
@@ -19,6 +21,7 @@ from redis.exceptions import RedisError
 from midori_preview.db.models import Sandbox
 from midori_preview.db.usage import LedgerEntry, UsageRepository
 from midori_preview.logging import get_logger
+from midori_preview.quota.beats import BeatResult, BeatStore, Terms
 from midori_preview.quota.service import QuotaService
 from midori_preview.settings import Settings
 from midori_preview.usage import day_of, split_by_day
@@ -52,14 +55,28 @@ class Charger:
         self.cap = settings.daily_usage_cap_seconds
         self.most = settings.heartbeat_interval_seconds + settings.heartbeat_grace_seconds
         self.slot_lease_seconds = slot_lease_seconds
+        self.beats = BeatStore(quota.redis, prefix=quota.prefix)
+        self.flush: Callable[[], Awaitable[Any]] | None = None  # set by `Heartbeats`
+        self.terms = Terms(
+            most=self.most,
+            cap=self.cap,
+            usage_ttl=quota.usage_ttl,
+            lease_seconds=slot_lease_seconds,
+            record_ttl=settings.max_sandbox_ttl_seconds + 86400,
+        )
+
+    async def ledger(self, user_id: str, day: str) -> int:
+        """The user's total on `day` in the ledger, once the heartbeats queued in Redis are
+        written behind (a mirror rebuilt from it must count them)."""
+        if self.flush is not None:
+            await self.flush()
+        return await self.usage.used_seconds(user_id, day)
 
     async def used_on(self, user_id: str, day: str) -> int:
         """The user's usage on `day`: the Redis mirror, rebuilt from Postgres when lost; Postgres
         alone when Redis is unreachable."""
         try:
-            return await self.quota.used_seconds(
-                user_id, day, lambda: self.usage.used_seconds(user_id, day)
-            )
+            return await self.quota.used_seconds(user_id, day, lambda: self.ledger(user_id, day))
         except RedisError:
             return await self.usage.used_seconds(user_id, day)
 
@@ -124,6 +141,42 @@ class Charger:
         used = await self.usage.used_seconds(user_id, day)
         granted = max(min(seconds, self.cap - used), 0)
         return granted, used + granted, False
+
+    async def beat(
+        self,
+        sandbox_id: str,
+        user_id: str,
+        now: datetime,
+        *,
+        visible: bool | None,
+        final: bool = False,
+        renew: bool = True,
+        row: Sandbox | None = None,
+    ) -> BeatResult:
+        """The heartbeat's one Redis script (`quota.beats`): what `plan` computes, reserved,
+        recorded and queued for the ledger atomically. `row` loads a missing record. A lost
+        usage mirror is rebuilt from the ledger first. Raises RedisError when Redis is gone."""
+        local = now.astimezone(self.tz)
+        midnight = datetime.combine(local.date(), datetime.min.time(), tzinfo=self.tz)
+        today, yesterday = day_of(now, self.tz), day_of(midnight - timedelta(seconds=1), self.tz)
+        load = None
+        if row is not None:
+            start = row.charged_until or row.ready_at or now
+            load = (row.user_id, row.project_id, start, row.charged_until, row.visible)
+        keys = (
+            self.quota.usage_key(user_id, today),
+            self.quota.usage_key(user_id, yesterday),
+            self.quota.slots_key(user_id),
+        )
+        for _ in range(3):
+            res = await self.beats.beat(
+                sandbox_id, now, terms=self.terms, keys=keys, days=(today, yesterday, midnight),
+                visible=visible, owner=user_id, final=final, renew=renew, load=load,
+            )  # fmt: skip
+            if res.kind != "nomirror":
+                return res
+            await self.quota.raise_usage(user_id, res.day, await self.ledger(user_id, res.day))
+        raise RedisError("the usage mirror keeps vanishing")
 
     async def refund(self, user_id: str, charge: Charge) -> None:
         """Give back what `charge` reserved: its compare-and-set lost (a duplicate heartbeat)."""

@@ -7,9 +7,10 @@ claimed with a conditional update before the provider is called, so nothing is a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from redis.exceptions import LockError, RedisError
 from midori_preview.clock import Clock
 from midori_preview.db.idempotency import IdempotencyRepository
 from midori_preview.db.models import Sandbox
-from midori_preview.db.sandboxes import SandboxRepository
+from midori_preview.db.sandboxes import Key, SandboxRepository
 from midori_preview.db.service_state import ServiceStateRepository
 from midori_preview.db.usage import UsageRepository
 from midori_preview.errors import QuotaUnavailable
@@ -36,6 +37,12 @@ log = get_logger(__name__)
 STATE_KEY = "reaper"
 REAPER_JOB = "reaper"  # the scheduler's job id (admin stats read its next run)
 KEEP_ALIVE_EVERY_SECONDS = 60
+ALWAYS_COUNTED = ("retired", "idempotencyKeysPruned")
+
+
+def seen_at(row: Sandbox) -> datetime:
+    """When a running row was last known watched (as `db.models.SEEN_AT` computes it)."""
+    return row.last_heartbeat_at or row.ready_at or row.created_at
 
 
 class Reaper:
@@ -62,7 +69,8 @@ class Reaper:
         self.service = service  # every action on a sandbox goes through its public methods
         self.clock = clock
         self.lock_name = f"{quota.prefix}:lock:reaper"
-        self._kept_alive: dict[str, float] = {}  # sandbox id → clock.monotonic() of last call
+        self._kept_alive_at: float | None = None  # clock.monotonic() of the last sweep
+        self._slots = asyncio.Semaphore(settings.reaper_concurrency)
 
     # --- switches shared by all replicas ----------------------------------------------------
 
@@ -119,13 +127,23 @@ class Reaper:
                 with contextlib.suppress(LockError, RedisError):
                     await lock.release()  # expired: nothing to release
 
+    async def flush_heartbeats(self) -> None:
+        """The scheduled job: heartbeats queued in Redis written to Postgres."""
+        try:
+            await self.service.flush_heartbeats()
+        except Exception:
+            log.exception("heartbeats.flush_failed")  # the batch stays in Redis: next time
+
     async def run_pass(self) -> dict[str, Any]:
         """One cleanup pass now (one replica at a time)."""
         started = self.clock.monotonic()
         async with self._exclusive("pass") as mine:
             if not mine:
                 return {"skipped": "another replica is running a pass"}
+            flushed = await self.service.flush_heartbeats()  # the rows show every heartbeat
             counts = await self._pass()
+        if flushed["links"]:
+            counts["heartbeatsFlushed"] = flushed["links"]
         counts["durationMs"] = round((self.clock.monotonic() - started) * 1000, 1)
         log.info("cleanup.pass", **counts)
         state = await self.last_run()
@@ -137,35 +155,32 @@ class Reaper:
         s = self.settings
         now = self.clock.now()
         counts: Counter[str] = Counter()
-        for row in await self.sandboxes.running_rows():
-            if row.kind != "user":
-                continue
-            seen = row.last_heartbeat_at or row.ready_at or row.created_at
-            allowance = s.idle_timeout_seconds if row.visible else s.hidden_idle_timeout_seconds
-            idle = (now - seen).total_seconds()
-            # claimed only if no heartbeat arrived since it was read
-            fresh = {"last_heartbeat_at": row.last_heartbeat_at}
-            if idle >= allowance and await self.service.reap(row, "idle", expect=fresh):
-                counts["idle"] += 1
-                log.info(
-                    "cleanup.idle", sandbox_id=row.id, idle_seconds=int(idle), visible=row.visible
-                )
-            elif idle < allowance and await self._keep_alive(row):
-                counts["keptAlive"] += 1
-        for row in await self.sandboxes.expired_rows(now):
-            if await self.service.reap(row, "expired"):
-                counts["expired"] += 1
-                log.info("cleanup.expired", sandbox_id=row.id)
-        for row in await self.sandboxes.stale_lease_rows(now):
-            if row.id in self.service.builds_in_flight():
-                continue  # built in this very process: alive by definition
-            if await self.service.fail_lost_build(row):
-                counts["leaseLost"] += 1
-                log.warning("cleanup.lease_lost", sandbox_id=row.id, step=row.status)
+        for visible, allowance in (
+            (True, s.idle_timeout_seconds),
+            (False, s.hidden_idle_timeout_seconds),
+        ):
+            counts["idle"] += await self._reap_idle_rows(visible, now, allowance)
+        counts["expired"] += await self._each_due(
+            lambda after: self.sandboxes.expired_rows(now, after=after, limit=s.reaper_batch_size),
+            lambda row: (row.expires_at, row.id),
+            self._reap_expired,
+        )
+        counts["leaseLost"] += await self._each_due(
+            lambda after: self.sandboxes.stale_lease_rows(
+                now, after=after, limit=s.reaper_batch_size
+            ),
+            lambda row: (now, row.id),
+            self._fail_lost_build,
+        )
         stuck_before = now - timedelta(seconds=60)
-        for row in await self.sandboxes.stuck_stopping_rows(stuck_before):
-            await self.service.retry_stop(row)
-            counts["stopRetried"] += 1
+        counts["stopRetried"] += await self._each_due(
+            lambda after: self.sandboxes.stuck_stopping_rows(
+                stuck_before, after=after, limit=s.reaper_batch_size
+            ),
+            lambda row: (row.updated_at, row.id),
+            self._retry_stop,
+        )
+        counts["keptAlive"] += await self._keep_watched_alive(now)
         counts["retired"] = await self.sandboxes.retire_stopped(
             now - timedelta(seconds=s.stopped_retention_seconds)
         )
@@ -175,19 +190,92 @@ class Reaper:
         counts["idempotencyKeysPruned"] = await self.idempotency.prune(
             now - timedelta(seconds=s.idempotency_ttl_seconds)
         )
-        return dict(counts)
+        return {k: v for k, v in counts.items() if v or k in ALWAYS_COUNTED}
 
-    async def _keep_alive(self, row: Sandbox) -> bool:
-        """Watched sandboxes reset the provider's own idle auto-stop, at most once a minute per
-        sandbox: Daytona counts preview traffic as activity, but a watched page that fetches
+    async def _reap_idle_rows(self, visible: bool, now: datetime, allowance: int) -> int:
+        cutoff = now - timedelta(seconds=allowance)
+        return await self._each_due(
+            lambda after: self.sandboxes.idle_rows(
+                visible=visible,
+                seen_before=cutoff,
+                after=after,
+                limit=self.settings.reaper_batch_size,
+            ),
+            lambda row: (seen_at(row), row.id),
+            lambda row: self._reap_idle(row, now),
+        )
+
+    async def _each_due(
+        self,
+        fetch: Callable[[Key | None], Awaitable[list[Sandbox]]],
+        key: Callable[[Sandbox], Key],
+        act: Callable[[Sandbox], Awaitable[bool]],
+    ) -> int:
+        """Act on every due row, a bounded batch at a time (at most REAPER_CONCURRENCY at once),
+        until a query finds none left: no number of healthy rows can hide a due one. Keyset
+        order, so a row that could not be acted on is not read again in this pass."""
+        done = 0
+        after: Key | None = None
+        while True:
+            rows = await fetch(after)
+            if not rows:
+                return done
+            done += sum(await asyncio.gather(*(self._bounded(act, row) for row in rows)))
+            if len(rows) < self.settings.reaper_batch_size:
+                return done
+            after = key(rows[-1])
+
+    async def _bounded(self, act: Callable[[Sandbox], Awaitable[bool]], row: Sandbox) -> bool:
+        async with self._slots:
+            return await act(row)
+
+    async def _reap_idle(self, row: Sandbox, now: datetime) -> bool:
+        # claimed only if no heartbeat arrived since it was read
+        if not await self.service.reap(
+            row, "idle", expect={"last_heartbeat_at": row.last_heartbeat_at}
+        ):
+            return False
+        idle = int((now - seen_at(row)).total_seconds())
+        log.info("cleanup.idle", sandbox_id=row.id, idle_seconds=idle, visible=row.visible)
+        return True
+
+    async def _reap_expired(self, row: Sandbox) -> bool:
+        if not await self.service.reap(row, "expired"):
+            return False
+        log.info("cleanup.expired", sandbox_id=row.id)
+        return True
+
+    async def _fail_lost_build(self, row: Sandbox) -> bool:
+        if row.id in self.service.builds_in_flight():
+            return False  # built in this very process: alive by definition
+        if not await self.service.fail_lost_build(row):
+            return False
+        log.warning("cleanup.lease_lost", sandbox_id=row.id, step=row.status)
+        return True
+
+    async def _retry_stop(self, row: Sandbox) -> bool:
+        await self.service.retry_stop(row)
+        return True
+
+    async def _keep_watched_alive(self, now: datetime) -> int:
+        """Watched sandboxes reset the provider's own idle auto-stop, one sweep a minute per
+        replica: Daytona counts preview traffic as activity, but a watched page that fetches
         nothing makes none (heartbeats are what say someone watches)."""
-        if row.provider_id is None:
-            return False
-        last = self._kept_alive.get(row.id)
+        if not self.service.keeps_idle_clock:
+            return 0
+        last = self._kept_alive_at
         if last is not None and self.clock.monotonic() - last < KEEP_ALIVE_EVERY_SECONDS:
-            return False
-        self._kept_alive[row.id] = self.clock.monotonic()
-        return await self.service.keep_alive(row)
+            return 0
+        self._kept_alive_at = self.clock.monotonic()
+        s = self.settings
+        cutoff = now - timedelta(seconds=min(s.idle_timeout_seconds, KEEP_ALIVE_EVERY_SECONDS * 2))
+        return await self._each_due(
+            lambda after: self.sandboxes.watched_rows(
+                seen_after=cutoff, after=after, limit=s.reaper_batch_size
+            ),
+            lambda row: (seen_at(row), row.id),
+            self.service.keep_alive,
+        )
 
     # --- reconcile --------------------------------------------------------------------------
 

@@ -256,6 +256,10 @@ class PreviewService:
         """Record that someone is watching; charge the time since the last heartbeat."""
         return await self.heartbeats.heartbeat(sandbox_id, user_id, visible)
 
+    async def flush_heartbeats(self) -> dict[str, int]:
+        """Write the heartbeats queued in Redis behind to the rows and the usage ledger."""
+        return await self.heartbeats.flush()
+
     async def stop(
         self, sandbox_id: str, *, reason: str = "user", user_id: str | None = None
     ) -> PreviewStatus:
@@ -281,6 +285,12 @@ class PreviewService:
     async def close_lost(self, row: Sandbox) -> bool:
         """Close a row whose provider sandbox is gone (`stopped`, reason lost)."""
         return await self.stops.close_row(row, reason="lost")
+
+    @property
+    def keeps_idle_clock(self) -> bool:
+        """Whether the provider stops idle sandboxes on its own (Daytona's auto-stop), so that
+        watched ones need `keep_alive`; local sandboxes keep none."""
+        return self.provider.name != "local"
 
     async def keep_alive(self, row: Sandbox) -> bool:
         """Reset the provider's own idle clock of a watched sandbox; False when nothing was done."""

@@ -5,6 +5,8 @@ freed here."""
 
 from __future__ import annotations
 
+import contextlib
+from datetime import datetime
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -71,7 +73,12 @@ class Stops:
         """Move the row to `stopping`, charging a running one's last seconds when its user's
         stop owes them. False when the row moved meanwhile."""
         now = self.clock.now()
-        charge = (
+        if row.status == S.RUNNING and await self._close_beats(row, reason, now):
+            return await self.transitions.move(
+                row.id, (row.status,), S.STOPPING, now=now,
+                announce={"reason": reason}, reason=reason, stopped_at=now,
+            )  # fmt: skip
+        charge = (  # Redis unreachable: charged in Postgres
             await self.charger.plan(row, now, renew_slot=False)
             if row.status == S.RUNNING and reason in CHARGED_REASONS
             else None
@@ -89,12 +96,36 @@ class Stops:
             await self.charger.refund(row.user_id, charge)
         return moved
 
+    async def _close_beats(self, row: Sandbox, reason: str, now: datetime) -> bool:
+        """Close a running row's beat record before its stop: no heartbeat charges it after
+        this; a stop its user caused charges its last seconds as the record's final link.
+        False when Redis is unreachable."""
+        try:
+            if reason in CHARGED_REASONS:
+                await self.charger.beat(
+                    row.id, row.user_id, now, visible=None, final=True, renew=False, row=row
+                )
+            else:
+                await self.charger.beats.close(row.id)
+        except RedisError:
+            return False
+        return True
+
     async def reap(
         self, row: Sandbox, reason: str, *, expect: dict[str, Any] | None = None
     ) -> bool:
         """Claim `row` as read (its state, and the `expect`ed columns: what made it due) and stop
         it; False when another actor got there first."""
         now = self.clock.now()
+        if row.status == S.RUNNING:
+            seen = row.last_heartbeat_at or row.ready_at or row.created_at
+            try:  # no heartbeat charges it from here on; unless one came after it was read
+                if not await self.charger.beats.close(
+                    row.id, seen=seen if reason == "idle" else None
+                ):
+                    return False
+            except RedisError:
+                pass  # the row's compare-and-set alone decides
         moved = await self.transitions.move(
             row.id, (row.status,), S.STOPPING, now=now, expect=expect,
             announce={"reason": reason}, reason=reason, stopped_at=now,
@@ -146,6 +177,9 @@ class Stops:
     async def close_row(self, row: Sandbox, *, reason: str) -> bool:
         """End a row `stopped` without a provider call (its provider sandbox is already gone)."""
         now = self.clock.now()
+        if row.status == S.RUNNING:
+            with contextlib.suppress(RedisError):
+                await self.charger.beats.close(row.id)
 
         async def free() -> None:
             await self.release(row.user_id, row.id)

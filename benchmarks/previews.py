@@ -1,0 +1,173 @@
+"""Time to preview: POST → the preview answering 200 through the service's preview host, for
+each source kind, beside the *floor* (the same files and server started directly by the
+benchmark, no service) and beside *the original Midori flow* on the same site, run by the
+benchmark itself: one `bash` heredoc per file, `npm install`, `npm run build`, `npm run dev`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import statistics
+import tarfile
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from harness import BenchError, Server, create, first_200, free_port, pct, stop, until_running
+
+from midori_preview.templates import PROMPT_FILE, prompt_file_bytes, render_template
+
+EXAMPLE = {
+    "name": "บ้านกาแฟ Baan Kafae",
+    "tagline": "Slow coffee from the hills of Chiang Rai",
+    "language": "th",
+    "sections": [{"type": "about", "title": "About us", "body": "A six-seat bar in Nimman."}],
+}
+SERVER_PY = """import http.server, os
+class H(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"""
+FILES = [("index.html", "<h1>hi</h1>"), ("server.py", SERVER_PY)]
+FILES_START = "python3 server.py"
+FILES_BODY = {"files": [{"path": p, "content": c} for p, c in FILES], "start": FILES_START}
+
+
+async def _ours(server: Server, body: dict[str, Any], user: str) -> float:
+    started = time.perf_counter()
+    sandbox_id = await create(server, {"projectId": "site", **body}, user)
+    status = await until_running(server, sandbox_id, user)
+    await first_200(server, status)
+    elapsed = time.perf_counter() - started
+    await stop(server, sandbox_id, user)
+    return elapsed
+
+
+async def _answers(port: int, proc: asyncio.subprocess.Process, deadline: float) -> None:
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+        while time.perf_counter() < deadline:
+            if proc.returncode is not None:
+                raise BenchError(f"the floor's server exited with {proc.returncode}")
+            try:
+                if (await client.get(f"http://127.0.0.1:{port}/")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.005)
+    raise BenchError("the floor's server never answered 200")
+
+
+async def _serve_until_200(directory: Path, command: str, timeout: float = 120) -> None:
+    """Start `command` in `directory` on a free $PORT; return once it answers 200; kill it."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_shell(
+        command,
+        cwd=directory,
+        env={**os.environ, "PORT": str(port)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        await _answers(port, proc, time.perf_counter() + timeout)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+def _write(directory: Path, files: list[tuple[str, bytes]]) -> None:
+    for path, content in files:
+        target = directory / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+
+
+async def _floor(files: list[tuple[str, bytes]], command: str) -> float:
+    """The same files written and the same server started by the benchmark, no service."""
+    with tempfile.TemporaryDirectory(prefix="midori-floor-") as tmp:
+        started = time.perf_counter()
+        _write(Path(tmp), files)
+        await _serve_until_200(Path(tmp), command)
+        return time.perf_counter() - started
+
+
+def _static_files() -> tuple[list[tuple[str, bytes]], str]:
+    build = render_template("static", EXAMPLE)
+    return [(f.path, f.content) for f in build.files], build.start
+
+
+def _cached_vite_files(data_dir: Path) -> tuple[list[tuple[str, bytes]], str]:
+    """What a cached vite preview uploads: the kept build output plus its own prompt.json."""
+    (archive,) = (data_dir / "cache" / "builds").glob("vite-*.tar.gz")
+    files: list[tuple[str, bytes]] = []
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            extracted = tar.extractfile(member) if member.isfile() else None
+            if extracted is not None:
+                files.append(("dist/" + member.name.removeprefix("./"), extracted.read()))
+    files.append(("dist/" + PROMPT_FILE, prompt_file_bytes(EXAMPLE)))
+    return files, render_template("vite", EXAMPLE).start
+
+
+async def original_flow() -> float:
+    """The seed's flow on the vite site: a heredoc per file through bash, npm install, npm run
+    build, npm run dev; until the dev server answers 200."""
+    build = render_template("vite", EXAMPLE)
+    with tempfile.TemporaryDirectory(prefix="midori-seed-") as tmp:
+        site = Path(tmp)
+        started = time.perf_counter()
+        for f in build.files:
+            path = shlex.quote(f.path)
+            script = (
+                f"mkdir -p \"$(dirname {path})\" && cat > {path} <<'MIDORI_EOF'\n"
+                f"{f.content.decode()}\nMIDORI_EOF"
+            )
+            await _sh(site, script)
+        await _sh(site, "npm install --no-audit --no-fund")
+        await _sh(site, "npm run build")
+        await _serve_until_200(site, 'npm run dev -- --port "$PORT" --strictPort --host 127.0.0.1')
+        return time.perf_counter() - started
+
+
+async def _sh(cwd: Path, script: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", script, cwd=cwd,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise BenchError(f"{script.splitlines()[0]!r} failed: {err.decode()[-300:]}")
+
+
+async def _times(runs: int, one: Callable[[int], Awaitable[float]]) -> list[float]:
+    return [await one(i) for i in range(runs)]
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    return statistics.median(values) * 1000, pct(values, 0.95) * 1000
+
+
+async def measure(server: Server, runs: int, *, vite: bool) -> dict[str, Any]:
+    """(median, p95) ms of ours and the floor per source kind; the seed flow (with `vite`)."""
+    out: dict[str, Any] = {}
+    static_body = {"promptJson": EXAMPLE}
+    vite_body = {"promptJson": EXAMPLE, "template": "vite"}
+    out["static"] = _ms(await _times(runs, lambda i: _ours(server, static_body, f"st{i}")))
+    files, cmd = _static_files()
+    out["static floor"] = _ms(await _times(runs, lambda i: _floor(files, cmd)))
+    out["files+server"] = _ms(await _times(runs, lambda i: _ours(server, FILES_BODY, f"fs{i}")))
+    plain = [(path, content.encode()) for path, content in FILES]
+    out["files+server floor"] = _ms(await _times(runs, lambda i: _floor(plain, FILES_START)))
+    if not vite:
+        return out
+    out["vite cold"] = _ms([await _ours(server, {**vite_body, "projectId": "cold"}, "vc")])
+    out["vite cached"] = _ms(await _times(runs, lambda i: _ours(server, vite_body, f"vw{i}")))
+    files, cmd = _cached_vite_files(server.data_dir)
+    out["vite cached floor"] = _ms(await _times(runs, lambda i: _floor(files, cmd)))
+    out["original flow"] = _ms([await original_flow()])
+    return out
