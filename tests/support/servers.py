@@ -30,7 +30,8 @@ async def uvicorn_serving(app: Any, port: int) -> AsyncIterator[None]:
     )
     task = asyncio.create_task(server.serve())
     try:
-        async with asyncio.timeout(20):
+        # The lifespan (migrations, the provider's start-up) takes seconds on a loaded machine.
+        async with asyncio.timeout(60):
             while not server.started:
                 if task.done():
                     task.result()
