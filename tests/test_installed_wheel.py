@@ -29,6 +29,7 @@ TABLES = {
     "service_state",
     "github_deliveries",
     "github_previews",
+    "pending_deletes",
 }
 
 

@@ -179,6 +179,7 @@ def build_previews(
         replica_id=replica_id,
         links=links,
         build_cache=cache,
+        pending_deletes=db.pending_deletes,
     )
 
 

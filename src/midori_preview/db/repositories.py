@@ -8,6 +8,7 @@ from midori_preview.db.database import Database
 from midori_preview.db.github import GitHubRepository
 from midori_preview.db.health import HealthRepository
 from midori_preview.db.idempotency import IdempotencyRepository
+from midori_preview.db.pending_deletes import PendingDeleteRepository
 from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.db.service_state import ServiceStateRepository
 from midori_preview.db.usage import UsageRepository
@@ -22,6 +23,7 @@ class Repositories:
     github: GitHubRepository
     service_state: ServiceStateRepository
     health: HealthRepository
+    pending_deletes: PendingDeleteRepository
 
     @classmethod
     def on(cls, database: Database) -> Repositories:
@@ -33,4 +35,5 @@ class Repositories:
             github=GitHubRepository(database),
             service_state=ServiceStateRepository(database),
             health=HealthRepository(database),
+            pending_deletes=PendingDeleteRepository(database),
         )
