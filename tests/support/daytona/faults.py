@@ -3,7 +3,7 @@ answer late. Tests configure faults from any thread; the server takes them one c
 
 from __future__ import annotations
 
-import random
+import math
 import socket
 import struct
 import threading
@@ -93,7 +93,7 @@ class FaultInjection:
         self._latency: dict[str | None, float] = {}
         self._create_plans: list[CreatePlan] = []
         self._start_delay = 0.0
-        self._random = random.Random(0)
+        self._spread: dict[str, int] = {"create": 0, "busy": 0}  # calls counted per knob
         self._create_limit: tuple[float, float] = (0.0, 1.0)  # (fraction, Retry-After seconds)
         self._busy_deletes: tuple[float, float] = (0.0, 0.0)  # (fraction, seconds)
         self._list_lag = 0.0
@@ -160,7 +160,7 @@ class FaultInjection:
             self._start_delay = seconds
 
     def rate_limit_creates(self, fraction: float, retry_after: float = 1.0) -> None:
-        """Each create is answered 429 (throttler `sandbox-create`) with this probability."""
+        """This fraction of creates is answered 429 by the `sandbox-create` throttler."""
         with self._fault_lock:
             self._create_limit = (fraction, retry_after)
 
@@ -242,16 +242,22 @@ class FaultInjection:
         with self._fault_lock:
             return self._destroy_delay
 
+    def _picked(self, knob: str, fraction: float) -> bool:
+        """Exactly `fraction` of the calls, spread evenly (the n-th is picked when ⌊n·f⌋
+        grows): deterministic, so a small run gets its share too."""
+        n = self._spread[knob] = self._spread[knob] + 1
+        return fraction > 0 and math.floor(n * fraction) > math.floor((n - 1) * fraction)
+
     def take_create_limit(self) -> ApiError | None:
         """The 429 this create gets from the `sandbox-create` throttler, if any."""
         with self._fault_lock:
             fraction, wait = self._create_limit
-            if fraction > 0 and self._random.random() < fraction:
-                return rate_limited(wait, "sandbox-create")
-            return None
+            return (
+                rate_limited(wait, "sandbox-create") if self._picked("create", fraction) else None
+            )
 
     def take_busy_seconds(self) -> float:
         """How long a new sandbox's first delete finds it mid-transition (0: not at all)."""
         with self._fault_lock:
             fraction, seconds = self._busy_deletes
-            return seconds if fraction > 0 and self._random.random() < fraction else 0.0
+            return seconds if self._picked("busy", fraction) else 0.0
