@@ -189,7 +189,8 @@ async def test_fault_run_leaves_no_sandbox_and_closes_every_row(
     n = FAULT_RUN_CREATES
     emulator.rate_limit_creates(0.2, retry_after=0.2)  # Retry-After-sandbox-create
     emulator.busy_deletes(0.3, seconds=2)  # 409 "state change in progress" for a while
-    emulator.slow_next_create(delay=5, times=max(1, n // 8))  # exist, answered past the timeout
+    # Made, but answered past the timeout while still `starting`: their deletes answer 409 then.
+    emulator.slow_next_create(delay=5, times=max(1, n // 8), busy=True)
     emulator.set_list_lag(1)
     users = [f"user-{i}" for i in range(n)]
     ids = await asyncio.gather(*(create(running, user) for user in users))

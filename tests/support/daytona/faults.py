@@ -71,6 +71,7 @@ class CreatePlan:
     remaining: int
     reason: str = ""
     delay: float = 0.0
+    busy: bool = False
 
 
 def abort_connection(request: web.Request) -> web.StreamResponse:
@@ -147,10 +148,11 @@ class FaultInjection:
             kind: Literal["error", "build_failed"] = "build_failed" if build else "error"
             self._create_plans.append(CreatePlan(kind, times, reason=reason))
 
-    def slow_next_create(self, delay: float, times: int = 1) -> None:
-        """The next creates are recorded at once (started) but answered only after `delay`."""
+    def slow_next_create(self, delay: float, times: int = 1, *, busy: bool = False) -> None:
+        """The next creates are recorded at once (started) but answered only after `delay`;
+        with `busy` they are `starting` until then (deletes meanwhile answer 409)."""
         with self._fault_lock:
-            self._create_plans.append(CreatePlan("slow", times, delay=delay))
+            self._create_plans.append(CreatePlan("slow", times, delay=delay, busy=busy))
 
     def set_start_delay(self, seconds: float) -> None:
         """New sandboxes take this long to start, through `creating`, `pulling_snapshot` (or

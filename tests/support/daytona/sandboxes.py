@@ -146,6 +146,9 @@ class SandboxApi:
                 if plan.delay:
                     sandbox.schedule = [(now + plan.delay, "error")]
                     sandbox.error_reason = "the sandbox timed out while starting"
+            elif plan is not None and plan.kind == "slow" and plan.busy:
+                sandbox.state = "starting"
+                sandbox.schedule = [(now + plan.delay, "started")]
             elif plan is not None and plan.kind in ("error", "build_failed"):
                 sandbox.state = first
                 sandbox.schedule = [(now + delay, plan.kind)]
