@@ -251,6 +251,7 @@ def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
                 request_timeout_seconds=settings.daytona_request_timeout_seconds,
                 retry_attempts=settings.daytona_retry_attempts,
                 retry_deadline_seconds=settings.daytona_retry_deadline_seconds,
+                delete_deadline_seconds=settings.daytona_delete_deadline_seconds,
             ),
             clock=clock,
         )

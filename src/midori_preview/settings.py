@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     orphan_grace_seconds: int = Field(
         600, description="Provider sandboxes unknown to the DB are deleted after this age."
     )
+    daytona_delete_deadline_seconds: float = Field(
+        30,
+        description="A delete answered 409 (sandbox mid-transition) is retried this long, then "
+        "handed to the reaper.",
+    )
     daytona_list_lag_seconds: float = Field(
         60,
         description="Daytona's listings are eventually consistent: a sandbox younger than this "
