@@ -167,7 +167,7 @@ class Reaper:
             await self.service.retry_stop(row)
             counts["stopRetried"] += 1
         for outcome, n in (await self.service.drain_deletes()).items():
-            counts[f"deletes_{outcome}"] += n
+            counts[f"deletes{outcome.capitalize()}"] += n  # deletesDone, deletesWaiting
         counts["retired"] = await self.sandboxes.retire_stopped(
             now - timedelta(seconds=s.stopped_retention_seconds)
         )

@@ -1,5 +1,8 @@
-"""Fault injection: latency, error answers, connection resets, and creates that hang, fail or
-answer late. Tests configure faults from any thread; the server takes them one call at a time."""
+"""Fault injection: latency, error answers, connection resets, creates that hang, fail or answer
+late, and Daytona's own refusals — a share of creates throttled (429 with
+`Retry-After-sandbox-create`), a share of sandboxes mid-transition when deleted (409), the
+organization's quota (400), listings that lag, deletes that take a while. Tests configure
+faults from any thread; the server takes them one call at a time."""
 
 from __future__ import annotations
 
