@@ -29,7 +29,7 @@ from tests.github.test_repos import GitServer
 from tests.previews.helpers import git
 from tests.providers.test_daytona_provider import make_config, provider, spec
 from tests.providers.test_git import PASSWORD, basic
-from tests.support.daytona import CREATE, DELETE, DaytonaEmulator
+from tests.support.daytona import CREATE, DELETE, PREVIEW_URL, DaytonaEmulator
 from tests.support.servers import free_port
 from tests.support.waiting import eventually
 
@@ -145,16 +145,21 @@ async def test_what_cannot_be_deleted_in_time_is_named_in_the_error(
 
 
 async def test_a_stale_token_is_not_ready_and_the_link_is_fetched_again(
-    emulator: DaytonaEmulator, provider: DaytonaProvider, tmp_path: Path
+    emulator: DaytonaEmulator, provider: DaytonaProvider
 ) -> None:
     created = await with_workdir(provider)
     port = free_port()
     await provider.start_server(created, f"python3 -m http.server {port}", port=port)
     await eventually(lambda: provider.probe(created, port, timeout=2), within=20, what="ready")
+    api(emulator, "POST", f"/sandbox/{created.provider_id}/autodelete/-1")  # kept when stopped
     emulator.stop_sandbox(created.provider_id)  # a restart resets the preview token
     api(emulator, "POST", f"/sandbox/{created.provider_id}/start")
-    # The token we hold is stale now: Daytona's proxy answers 307 to its login page.
+    await provider.start_server(created, f"python3 -m http.server {port}", port=port)
+    # The token we hold is stale now: Daytona's proxy answers 307 to its login page, which is
+    # not the app — and the token is asked for again, so the next probes reach the app.
     assert await provider.probe(created, port, timeout=2) is False
+    await eventually(lambda: provider.probe(created, port, timeout=2), within=20, what="ready")
+    assert emulator.count(PREVIEW_URL) == 2
     assert emulator.preview_activity(created.provider_id) == 0, "probes are not activity"
 
 
