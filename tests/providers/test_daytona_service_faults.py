@@ -76,14 +76,18 @@ async def status_of(running: Running, sandbox_id: str, user: str = "alice") -> d
 
 
 async def reaped_to_the_end(
-    running: Running, emulator: DaytonaEmulator, clock: ManualClock, within: float = 60
+    running: Running,
+    emulator: DaytonaEmulator,
+    clock: ManualClock,
+    within: float = 60,
+    step: float = 61,
 ) -> None:
-    """Run reaper passes (the service clock a minute on each time, so that every retry is due)
-    until Daytona holds no sandbox and no delete is pending."""
+    """Run reaper passes (the service clock `step` seconds on each time: by default a minute,
+    so that every retry is due) until Daytona holds no sandbox and no delete is pending."""
     reaper, deletes = running.services.reaper, running.service.deletes
 
     async def done() -> bool:
-        clock.advance(61)
+        clock.advance(step)
         await reaper.run_pass()
         return emulator.sandboxes == {} and await deletes.repo.count() == 0
 
@@ -130,6 +134,20 @@ async def test_a_failed_build_whose_delete_meets_409_is_deleted_by_the_reaper(
     assert status["error"]["step"] == "install" and status["error"]["exitCode"] == 7
     assert len(emulator.sandboxes) == 1, "the delete met a state change in progress"
     await reaped_to_the_end(running, emulator, clock)
+
+
+@pytest.mark.parametrize("app", [{"daytona_list_lag_seconds": 3}], indirect=True)
+async def test_a_sandbox_that_failed_to_start_and_is_missing_from_listings_is_deleted_later(
+    app: tuple[Running, DaytonaEmulator], clock: ManualClock
+) -> None:
+    running, emulator = app
+    emulator.set_list_lag(1)  # the create's own clean-up cannot find it yet
+    emulator.fail_next_create(reason="no runner available")
+    status = await running.wait_until(await create(running), "error")
+    assert status["error"]["step"] == "create"
+    assert len(emulator.sandboxes) == 1, "missing from the listing: not found at once"
+    # Service time runs about as fast as real time here: the emulator's lag is real time.
+    await reaped_to_the_end(running, emulator, clock, step=0.25)
 
 
 async def test_an_exiting_server_fails_a_daytona_preview_within_seconds(

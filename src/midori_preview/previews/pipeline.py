@@ -31,6 +31,8 @@ from midori_preview.providers.base import (
     CommandTimeout,
     FileData,
     ProviderError,
+    ProviderQuota,
+    ProviderRejected,
     ProviderSandbox,
     SandboxProvider,
     SandboxSpec,
@@ -195,6 +197,10 @@ class Pipeline:
             b.unsettled = False
             for provider_id in exc.leftovers:
                 await self.deletes.later(b.sandbox_id, provider_id, reason="create_failed")
+            if not isinstance(exc, ProviderRejected | ProviderQuota) and not exc.leftovers:
+                # Not a refusal: it may have been made and then failed, and the provider looks
+                # for it by a listing, which may lag — the reaper looks again once it caught up.
+                await self.deletes.later(b.sandbox_id, None, reason="create_failed")
             raise
         b.step = "upload"
         await self._advance(b, S.UPLOADING, provider_id=b.sandbox.provider_id)
