@@ -1,8 +1,9 @@
 """Toolbox sessions: create, list, get, delete, run a command (sync or async), its status, its
 logs, and the log-follow WebSocket (each chunk prefixed `\\x01\\x01\\x01` for stdout or
 `\\x02\\x02\\x02` for stderr, close code 1000). Sessions are not persistent shells: each command
-is its own `bash -c`, so `cd`/`export` do not carry over. As in Daytona's daemon, a command's stdin
-is an open FIFO that never reaches end-of-file, and output is sent a line at a time."""
+is its own `bash -c`, so `cd`/`export` do not carry over. As in Daytona's daemon, the stdin
+of an async command is an open FIFO that never reaches end-of-file (a sync one sees EOF), and
+output is sent a line at a time."""
 
 from __future__ import annotations
 
@@ -120,6 +121,7 @@ class SessionApi:
             self.toolbox.env(sandbox, {}),
             merge_stderr=False,
             session=session,
+            stdin_open=run_async,
         )
         with self.state.lock:
             session.commands[command.id] = command

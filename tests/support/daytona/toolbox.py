@@ -121,6 +121,7 @@ class ToolboxApi:
         *,
         merge_stderr: bool,
         session: Session | None = None,
+        stdin_open: bool = False,
     ) -> asyncio.subprocess.Process:
         if not cwd.is_dir():
             raise ApiError(400, f"working directory {cwd.name!r} does not exist")
@@ -134,9 +135,10 @@ class ToolboxApi:
             *argv,
             cwd=str(cwd),
             env=env,
-            # A session command's stdin is the session's FIFO, which never closes (Daytona's
-            # daemon): a command that reads stdin waits forever.
-            stdin=asyncio.subprocess.PIPE if session is not None else asyncio.subprocess.DEVNULL,
+            # An async session command's stdin is a FIFO that Daytona's daemon keeps open for
+            # SendInput (pkg/session/execute.go): a command that reads stdin waits forever.
+            # Sync commands see EOF at once.
+            stdin=asyncio.subprocess.PIPE if stdin_open else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
             start_new_session=True,
