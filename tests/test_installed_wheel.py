@@ -29,6 +29,8 @@ TABLES = {
     "service_state",
     "github_deliveries",
     "github_previews",
+    "pending_deletes",
+    "sandbox_sources",
 }
 
 

@@ -185,6 +185,7 @@ def build_previews(
         links=links,
         build_cache=cache,
         sources=db.sources,
+        pending_deletes=db.pending_deletes,
     )
 
 
@@ -256,6 +257,7 @@ def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
                 request_timeout_seconds=settings.daytona_request_timeout_seconds,
                 retry_attempts=settings.daytona_retry_attempts,
                 retry_deadline_seconds=settings.daytona_retry_deadline_seconds,
+                delete_deadline_seconds=settings.daytona_delete_deadline_seconds,
             ),
             clock=clock,
         )

@@ -112,6 +112,19 @@ class Settings(BaseSettings):
     orphan_grace_seconds: int = Field(
         600, description="Provider sandboxes unknown to the DB are deleted after this age."
     )
+    daytona_delete_deadline_seconds: float = Field(
+        30,
+        description="A delete answered 409 (sandbox mid-transition) is retried this long, then "
+        "handed to the reaper.",
+    )
+    daytona_list_lag_seconds: float = Field(
+        60,
+        description="Daytona's listings are eventually consistent: a sandbox younger than this "
+        "missing from one is not taken as gone (local listings do not lag).",
+    )
+    pending_delete_retry_seconds: float = Field(
+        15, description="First wait before the reaper retries a provider delete that failed."
+    )
     idempotency_ttl_seconds: int = Field(86400, description="How long Idempotency-Key is kept.")
     max_request_bytes: int = Field(
         20 * 1024 * 1024, description="Largest accepted create body, in bytes."

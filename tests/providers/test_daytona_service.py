@@ -166,6 +166,7 @@ async def test_create_timeout_leaves_no_sandbox(
     assert emulator.sandboxes == {}, "the sandbox Daytona accepted was found and deleted"
 
 
+@pytest.mark.parametrize("daytona_app", [{"daytona_list_lag_seconds": 0}], indirect=True)
 async def test_sync_deletes_orphans_and_closes_lost_rows(
     daytona_app: tuple[Running, DaytonaEmulator],
 ) -> None:

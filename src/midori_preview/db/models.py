@@ -215,3 +215,24 @@ class GitHubPreview(Base):
     updated_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_github_previews_sandbox_id", "sandbox_id"),)
+
+
+class PendingDelete(Base):
+    """A provider sandbox that must be deleted and was not yet (Daytona answered 409 while it
+    was mid-transition, or did not answer): the reaper keeps trying until it is gone. Without a
+    `provider_id` (a create that timed out before naming its sandbox) it stands for whatever
+    carries our `sandbox_id` label."""
+
+    __tablename__ = "pending_deletes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_id: Mapped[str | None] = mapped_column(String(200))
+    sandbox_id: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_code: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_pending_deletes_next_attempt_at", "next_attempt_at"),)

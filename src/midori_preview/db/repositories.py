@@ -8,6 +8,7 @@ from midori_preview.db.database import Database
 from midori_preview.db.github import GitHubRepository
 from midori_preview.db.health import HealthRepository
 from midori_preview.db.idempotency import IdempotencyRepository
+from midori_preview.db.pending_deletes import PendingDeleteRepository
 from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.db.service_state import ServiceStateRepository
 from midori_preview.db.sources import SourceRepository
@@ -24,6 +25,7 @@ class Repositories:
     service_state: ServiceStateRepository
     health: HealthRepository
     sources: SourceRepository
+    pending_deletes: PendingDeleteRepository
 
     @classmethod
     def on(cls, database: Database) -> Repositories:
@@ -36,4 +38,5 @@ class Repositories:
             service_state=ServiceStateRepository(database),
             health=HealthRepository(database),
             sources=SourceRepository(database),
+            pending_deletes=PendingDeleteRepository(database),
         )

@@ -23,6 +23,7 @@ from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
 from midori_preview.previews import build_cache
 from midori_preview.previews.build_cache import BuildCache
+from midori_preview.previews.deletes import Deletes
 from midori_preview.previews.sources import DETECT, BuildPlan, detected_commands
 from midori_preview.previews.states import BUILDING, SandboxStatus
 from midori_preview.previews.transitions import Transitions
@@ -30,6 +31,8 @@ from midori_preview.providers.base import (
     CommandTimeout,
     FileData,
     ProviderError,
+    ProviderQuota,
+    ProviderRejected,
     ProviderSandbox,
     SandboxProvider,
     SandboxSpec,
@@ -66,6 +69,7 @@ class _Build:
     step: str = "create"
     commands: int = 0
     handle: ProviderSandbox | None = None
+    unsettled: bool = False  # a create call in flight: it may leave a sandbox we never saw
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL))
 
     @property
@@ -141,7 +145,9 @@ class Pipeline:
         settings: PipelineSettings,
         replica_id: str,
         on_failed: Callable[[str], Awaitable[None]],
+        deletes: Deletes,
     ) -> None:
+        self.deletes = deletes  # deletes that fail are handed to the reaper
         self.cache = cache
         self.provider = provider
         self.sandboxes = sandboxes
@@ -160,7 +166,7 @@ class Pipeline:
             await self._steps(b, spec)
         except Superseded:
             log.info("sandbox.build_superseded", sandbox_id=sandbox_id, step=b.step)
-            await to_the_end(self._delete(b.handle, sandbox_id))
+            await to_the_end(self._delete(b))
         except asyncio.CancelledError:
             await to_the_end(self._fail(b, StepFailed("shutdown", "cancelled", code="shutdown")))
             raise
@@ -176,13 +182,26 @@ class Pipeline:
 
     async def _steps(self, b: _Build, spec: SandboxSpec) -> None:
         await self._advance(b, S.CREATING)
+        b.unsettled = True
         try:
             async with asyncio.timeout(self.settings.create_timeout):
                 b.handle = await self.provider.create(spec, timeout=self.settings.create_timeout)
-        except TimeoutError:
+            b.unsettled = False
+        except TimeoutError:  # cut short: the provider may have made a sandbox we never saw
+            b.unsettled = False
+            await self.deletes.later(b.sandbox_id, None, reason="create_timeout")
             raise StepFailed(
                 b.step, "sandbox creation timed out", code="provider_timeout"
             ) from None
+        except ProviderError as exc:  # what it made and could not delete: the reaper's now
+            b.unsettled = False
+            for provider_id in exc.leftovers:
+                await self.deletes.later(b.sandbox_id, provider_id, reason="create_failed")
+            if not isinstance(exc, ProviderRejected | ProviderQuota) and not exc.leftovers:
+                # Not a refusal: it may have been made and then failed, and the provider looks
+                # for it by a listing, which may lag — the reaper looks again once it caught up.
+                await self.deletes.later(b.sandbox_id, None, reason="create_failed")
+            raise
         b.step = "upload"
         await self._advance(b, S.UPLOADING, provider_id=b.sandbox.provider_id)
         cmds, cached = await self._source(b)
@@ -318,19 +337,18 @@ class Pipeline:
             if not await self.sandboxes.renew_lease(sandbox_id, self.replica_id, until):
                 return
 
-    async def _delete(self, handle: ProviderSandbox | None, sandbox_id: str) -> None:
-        if handle is None:
-            return
-        try:
-            await self.provider.delete(handle)
-            log.info("sandbox.deleted", sandbox_id=sandbox_id)
-        except ProviderError as exc:
-            log.warning("sandbox.delete_failed", sandbox_id=sandbox_id, code=exc.code)
+    async def _delete(self, b: _Build) -> None:
+        """Delete what the build made; what fails (or a create cut short) goes to the reaper."""
+        if b.handle is not None:
+            await self.deletes.delete(b.handle, reason=f"build:{b.step}")
+        elif b.unsettled:  # cancelled mid-create
+            b.unsettled = False
+            await self.deletes.later(b.sandbox_id, None, reason="create_cancelled")
 
     async def _fail(self, b: _Build, failed: StepFailed) -> None:
         if b.status not in BUILDING:  # it reached `running`: no build is left to fail
             return
-        await self._delete(b.handle, b.sandbox_id)
+        await self._delete(b)
         step, message, exit_code, code = failed.step, failed.message, failed.exit_code, failed.code
         reason = f"error:{step}"
         now = self.clock.now()

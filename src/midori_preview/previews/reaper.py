@@ -181,6 +181,8 @@ class Reaper:
             self._retry_stop,
         )
         counts["keptAlive"] += await self._keep_watched_alive(now)
+        for outcome, n in (await self.service.drain_deletes()).items():
+            counts[f"deletes{outcome.capitalize()}"] += n  # deletesDone, deletesWaiting
         counts["retired"] = await self.sandboxes.retire_stopped(
             now - timedelta(seconds=s.stopped_retention_seconds)
         )
@@ -303,8 +305,12 @@ class Reaper:
             if age_ok and await self.service.delete_orphan(info):
                 counts["orphans"] += 1
                 log.info("cleanup.orphan", provider_id=info.provider_id, sandbox_id=info.sandbox_id)
+        # Listings lag (Daytona's are eventually consistent): a sandbox younger than the lag
+        # may be missing from one. Its creation precedes the row's ready_at / last update.
+        lag_cutoff = now - timedelta(seconds=self.service.list_lag_seconds)
         for row in rows:
             gone = row.provider_id and row.status in LIVE and row.provider_id not in listed_ids
+            gone = gone and (row.ready_at or row.updated_at) <= lag_cutoff
             if gone and await self.service.close_lost(row):
                 counts["lost"] += 1
                 log.warning("cleanup.lost", sandbox_id=row.id)

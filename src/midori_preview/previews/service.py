@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from midori_preview.clock import Clock
 from midori_preview.db.idempotency import IdempotencyRepository
 from midori_preview.db.models import Sandbox
+from midori_preview.db.pending_deletes import PendingDeleteRepository
 from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.db.sources import SourceRepository
 from midori_preview.db.usage import UsageRepository
@@ -29,6 +30,7 @@ from midori_preview.previews.admission import Admission, Terms
 from midori_preview.previews.build_cache import BuildCache
 from midori_preview.previews.builds import Builds
 from midori_preview.previews.charging import Charger
+from midori_preview.previews.deletes import Deletes
 from midori_preview.previews.heartbeats import Heartbeats
 from midori_preview.previews.pipeline import Pipeline, PipelineSettings
 from midori_preview.previews.schemas import (
@@ -74,8 +76,21 @@ class PreviewService:
         links: PreviewLinks,
         build_cache: BuildCache | None = None,
         sources: SourceRepository | None = None,
+        pending_deletes: PendingDeleteRepository | None = None,
     ) -> None:
         self.settings = settings
+        # How long a fresh sandbox may be missing from the provider's listings.
+        self.list_lag_seconds = (
+            settings.daytona_list_lag_seconds if provider.name == "daytona" else 0.0
+        )
+        self.deletes = Deletes(
+            repo=pending_deletes or PendingDeleteRepository(sandboxes.db),
+            provider=provider,
+            clock=clock,
+            deployment=settings.preview_deployment,
+            list_lag_seconds=self.list_lag_seconds,
+            retry_seconds=settings.pending_delete_retry_seconds,
+        )
         self.links = links  # the service's own preview links (the gateway serves them)
         self._upstreams: dict[str, Upstream] = {}  # rows that ran before upstreams were stored
         self.repo = sandboxes  # the sandbox rows (the GitHub exporter reads them too)
@@ -109,6 +124,7 @@ class PreviewService:
             builds=self.builds,
             clock=clock,
             links=links,
+            deletes=self.deletes,
         )
         self.heartbeats = Heartbeats(
             settings=settings,
@@ -169,6 +185,7 @@ class PreviewService:
             ),
             replica_id=self.replica_id,
             on_failed=release,
+            deletes=self.deletes,
         )
 
     # --- create -----------------------------------------------------------------------------
@@ -302,6 +319,10 @@ class PreviewService:
         except ProviderError as exc:
             log.warning("sandbox.keep_alive_failed", sandbox_id=row.id, code=exc.code)
             return False
+
+    async def drain_deletes(self) -> dict[str, int]:
+        """Retry the provider deletes that failed before (until each sandbox is gone)."""
+        return await self.deletes.drain()
 
     async def provider_sandboxes(self) -> list[ProviderSandboxInfo]:
         """Every sandbox the provider runs for this deployment."""

@@ -18,6 +18,7 @@ from midori_preview.gateway.labels import PreviewLinks
 from midori_preview.logging import get_logger
 from midori_preview.previews.builds import Builds
 from midori_preview.previews.charging import Charger
+from midori_preview.previews.deletes import Deletes
 from midori_preview.previews.schemas import PreviewStatus
 from midori_preview.previews.states import HOLDING, TERMINAL, SandboxStatus
 from midori_preview.previews.transitions import Transitions
@@ -45,7 +46,9 @@ class Stops:
         builds: Builds,
         clock: Clock,
         links: PreviewLinks,
+        deletes: Deletes,
     ) -> None:
+        self.deletes = deletes  # what fails to delete here, the reaper deletes later
         self.sandboxes = sandboxes
         self.links = links
         self.transitions = transitions
@@ -206,6 +209,9 @@ class Stops:
             await self.provider.delete(self.provider.attach(provider_id, sandbox_id or provider_id))
         except ProviderError as exc:
             log.warning("sandbox.delete_failed", provider_id=provider_id, code=exc.code)
+            await self.deletes.later(
+                sandbox_id or provider_id, provider_id, reason="delete_failed", code=exc.code
+            )
             return False
         log.info("sandbox.deleted", sandbox_id=sandbox_id, provider_id=provider_id)
         return True

@@ -120,6 +120,9 @@ class ProviderError(ServiceError):
 
     code = "provider_error"
     retryable = False
+    # Provider ids of sandboxes the failed call made but could not delete (a create that timed
+    # out while Daytona answered 409 to its deletes): the caller hands them to the reaper.
+    leftovers: tuple[str, ...] = ()
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)

@@ -5,7 +5,8 @@ It speaks the wire protocol described in /work/shared/DAYTONA.md. By API surface
 | module | what |
 |---|---|
 | `app.py` | `DaytonaEmulator`: server (own thread + loop), API key, call recording, routing |
-| `faults.py` | latency, error answers, connection resets, creates that hang / fail / answer late |
+| `faults.py` | latency, errors, resets, creates that hang / fail / answer late, throttling, |
+| | busy deletes (409), quotas, lagging listings |
 | `sandboxes.py` | sandbox CRUD, states, labels, intervals, list by labels (paged) |
 | `preview.py` | preview links (plain and signed) and the proxy that serves them |
 | `toolbox.py` | bulk upload, `process/execute`, git clone; bubblewrap or plain processes |

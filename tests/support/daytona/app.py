@@ -263,6 +263,13 @@ class DaytonaEmulator(FaultInjection):
             self._state.sandboxes[sandbox.id] = sandbox
         return sandbox.id
 
+    def archive_sandbox(self, sandbox_id: str) -> None:
+        """Stop and archive a sandbox (Daytona's auto-archive): `archived`, nothing runs."""
+        with self._state.lock:
+            sandbox = self._state.sandboxes[sandbox_id]
+            self._state.terminate(sandbox)
+            sandbox.state = "archived"
+
     def stop_sandbox(self, sandbox_id: str) -> None:
         """Stop a sandbox as Daytona's auto-stop would (ephemeral ones are deleted)."""
         with self._state.lock:
@@ -341,7 +348,7 @@ class DaytonaEmulator(FaultInjection):
                 raise ApiError(401, "Unauthorized")
             return await handler(request)
         except ApiError as err:
-            return err.response()
+            return err.response(request)
 
 
 def main(argv: list[str] | None = None) -> None:

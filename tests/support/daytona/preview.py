@@ -235,7 +235,11 @@ class PreviewApi:
         sandbox, port = found
         self.state.advance(sandbox)
         if sandbox.state != "started":
-            raise ApiError(400, "no IP address found. Is the Sandbox started?")
+            raise ApiError(  # the proxy's runner lookup (get_sandbox_target.go)
+                400,
+                "failed to get runner info: no IP address found. Is the Sandbox started?",
+                code="BAD_REQUEST",
+            )
         counts = request.headers.get(SKIP_ACTIVITY, "").lower() != "true"
         poll = asyncio.create_task(self.keep_active(sandbox)) if counts else None
         try:

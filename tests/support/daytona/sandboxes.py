@@ -130,26 +130,60 @@ class SandboxApi:
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         body = await json_body(request)
+        if (limited := self.faults.take_create_limit()) is not None:
+            raise limited
         sandbox = self.new_sandbox(body, created_at=datetime.now(UTC))
         plan = self.faults.take_create_plan()
-        start_delay = self.faults.start_delay
+        now, delay = time.monotonic(), self.faults.start_delay
+        first = "pending_build" if sandbox.built_from_image else "creating"
+        middle = "building_snapshot" if sandbox.built_from_image else "pulling_snapshot"
+        sandbox.busy_seconds = self.faults.take_busy_seconds()
+        sandbox.listed_from = now + self.faults.list_lag
         with self.state.lock:
+            self.check_quota(sandbox)
             if plan is not None and plan.kind == "hang":
                 sandbox.state = "starting"
-            elif plan is not None and plan.kind == "error":
-                sandbox.state, sandbox.error_reason = "error", plan.reason
-            elif start_delay > 0:
+                if plan.delay:
+                    sandbox.schedule = [(now + plan.delay, "error")]
+                    sandbox.error_reason = "the sandbox timed out while starting"
+            elif plan is not None and plan.kind == "slow" and plan.busy:
                 sandbox.state = "starting"
-                sandbox.ready_at = time.monotonic() + start_delay
+                sandbox.schedule = [(now + plan.delay, "started")]
+            elif plan is not None and plan.kind in ("error", "build_failed"):
+                sandbox.state = first
+                sandbox.schedule = [(now + delay, plan.kind)]
+                sandbox.error_reason = plan.reason
+            elif delay > 0:
+                sandbox.state = first
+                sandbox.schedule = [
+                    (now + delay / 3, middle), (now + 2 * delay / 3, "starting"),
+                    (now + delay, "started"),
+                ]  # fmt: skip
             self.state.sandboxes[sandbox.id] = sandbox
             dto = self.dto(sandbox)
-        if plan is not None and plan.kind == "error":
-            dto["state"] = "starting"
+        if sandbox.state in ("error", "build_failed"):
+            dto["state"] = first  # as answered: it fails on its way to `started`
             dto.pop("errorReason", None)
             dto.pop("recoverable", None)
         if plan is not None and plan.kind == "slow":
             await self.state.sleep(plan.delay)
         return web.json_response(dto)
+
+    def check_quota(self, new: Sandbox) -> None:
+        """Daytona's organization totals (`SandboxService.validateOrganizationQuotas`): 400."""
+        quota = self.faults.quota
+        live = [sb for sb in self.state.sandboxes.values() if sb.state not in ("stopped",)]
+        for name, limit, unit in (("CPU", quota.cpu, ""), ("memory", quota.memory, "GiB"),
+                                  ("disk", quota.disk, "GiB")):  # fmt: skip
+            if limit is None:
+                continue
+            used = sum(getattr(sb, name.lower()) for sb in live) + getattr(new, name.lower())
+            if used > limit:
+                raise ApiError(
+                    400,
+                    f"Total {name} limit exceeded. Maximum allowed: {limit}{unit}.\n"
+                    "To increase concurrency limits, upgrade your organization's Tier.",
+                )
 
     async def list(self, request: web.Request) -> web.StreamResponse:
         wanted: dict[str, str] = {}
@@ -172,8 +206,11 @@ class SandboxApi:
                 for sb in sorted(self.state.sandboxes.values(), key=lambda s: (s.created_at, s.id))
                 if all(sb.labels.get(k) == v for k, v in wanted.items())
             ]
+            now = time.monotonic()  # eventually consistent: fresh ones may be missing
+            matching = [sb for sb in matching if sb.listed_from <= now]
             for sb in matching:
                 self.state.advance(sb)
+            matching = [sb for sb in matching if sb.state != "destroyed"]
             if states:
                 matching = [sb for sb in matching if sb.state in states]
             page = matching[offset : offset + limit]
@@ -190,7 +227,18 @@ class SandboxApi:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         sandbox = self.state.find(request)
-        self.state.destroy(sandbox)
+        with self.state.lock:
+            if sandbox.busy_seconds and sandbox.busy_until is None:  # the fault starts now
+                sandbox.busy_until = time.monotonic() + sandbox.busy_seconds
+            if self.state.pending(sandbox):
+                raise ApiError(409, "Sandbox state change in progress")
+            delay = self.faults.destroy_delay
+            if delay > 0:
+                self.state.terminate(sandbox)
+                sandbox.state = "destroying"
+                sandbox.schedule = [(time.monotonic() + delay, "destroyed")]
+                return web.json_response(self.dto(sandbox))
+            self.state.destroy(sandbox)
         dto = self.dto(sandbox)
         dto["state"] = "destroyed"
         return web.json_response(dto)

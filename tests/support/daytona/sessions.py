@@ -1,7 +1,9 @@
 """Toolbox sessions: create, list, get, delete, run a command (sync or async), its status, its
 logs, and the log-follow WebSocket (each chunk prefixed `\\x01\\x01\\x01` for stdout or
 `\\x02\\x02\\x02` for stderr, close code 1000). Sessions are not persistent shells: each command
-is its own `bash -c`, so `cd`/`export` do not carry over."""
+is its own `bash -c`, so `cd`/`export` do not carry over. As in Daytona's daemon, the stdin
+of an async command is an open FIFO that never reaches end-of-file (a sync one sees EOF), and
+output is sent a line at a time."""
 
 from __future__ import annotations
 
@@ -119,6 +121,7 @@ class SessionApi:
             self.toolbox.env(sandbox, {}),
             merge_stderr=False,
             session=session,
+            stdin_open=run_async,
         )
         with self.state.lock:
             session.commands[command.id] = command
@@ -146,7 +149,7 @@ class SessionApi:
         async def read(stream: asyncio.StreamReader | None, prefix: bytes) -> None:
             if stream is None:
                 return
-            while chunk := await stream.read(64 * 1024):
+            while chunk := await _line(stream):  # the daemon streams output line by line
                 async with command.cond:
                     command.chunks.append((prefix, chunk))
                     command.cond.notify_all()
@@ -166,6 +169,8 @@ class SessionApi:
                     command.exit_code = -1
                 command.cond.notify_all()
             self.toolbox.forget_group(sandbox, process.pid)
+            if process.stdin is not None:
+                process.stdin.close()
 
     def command(self, request: web.Request) -> Command:
         session = self.session(request, self.state.find(request))
@@ -223,6 +228,16 @@ async def _follow(ws: web.WebSocketResponse, command: Command) -> bool:
         return False
     finally:
         closed.cancel()
+
+
+async def _line(stream: asyncio.StreamReader) -> bytes:
+    """The next line (with its newline), or what is left at the end; long lines in pieces."""
+    try:
+        return await stream.readuntil(b"\n")
+    except asyncio.IncompleteReadError as partial:
+        return partial.partial
+    except asyncio.LimitOverrunError as over:
+        return await stream.read(over.consumed or 64 * 1024)
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,7 +85,10 @@ class GitCloneRecord:
 
 
 class ApiError(Exception):
-    """An error answer in Daytona's shape (`statusCode`, `message`, and `code`/`source` if set)."""
+    """An error answer in Daytona's shapes. The API (NestJS, `AllExceptionsFilter`) answers
+    `{path, timestamp, statusCode, error, message}` — no `code`, no `source`; the toolbox daemon
+    and the preview proxy (Go, common-go `ErrorResponse`) answer `{statusCode, message, code?,
+    timestamp, path, method}`."""
 
     def __init__(
         self,
@@ -99,11 +103,22 @@ class ApiError(Exception):
         self.status, self.message, self.code, self.source = status, message, code, source
         self.headers = headers or {}
 
-    def response(self) -> web.Response:
-        body: dict[str, Any] = {"statusCode": self.status, "message": self.message}
-        if self.code is not None:
-            body["code"], body["source"] = self.code, self.source
+    def response(self, request: web.Request) -> web.Response:
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        body: dict[str, Any]
+        if request.path.startswith("/api/"):
+            reason = HTTPStatus(self.status).phrase if self.status in _KNOWN else "Error"
+            body = {"path": request.path_qs, "timestamp": stamp, "statusCode": self.status,
+                    "error": reason, "message": self.message}  # fmt: skip
+        else:
+            body = {"statusCode": self.status, "message": self.message}
+            if self.code is not None:
+                body["code"] = self.code
+            body |= {"timestamp": stamp, "path": request.path, "method": request.method}
         return web.json_response(body, status=self.status, headers=self.headers)
+
+
+_KNOWN = frozenset(int(s) for s in HTTPStatus)
 
 
 @dataclass(eq=False)
@@ -149,12 +164,24 @@ class Sandbox:
     updated_at: datetime
     state: str = "started"
     error_reason: str | None = None
-    ready_at: float | None = None  # monotonic time at which `starting` turns `started`
+    # (monotonic time, state) still to come, in order: `creating` → `pulling_snapshot` → …
+    schedule: list[tuple[float, str]] = field(default_factory=list)
+    busy_seconds: float = 0.0  # a fault: its first delete finds a state change in progress…
+    busy_until: float | None = None  # …until then (monotonic)
+    listed_from: float = 0.0  # monotonic time from which listings show it (eventual consistency)
     built_from_image: bool = False
     preview_token: str = field(default_factory=lambda: secrets.token_hex(16))
     signed: dict[str, Signed] = field(default_factory=dict)
     sessions: dict[str, Session] = field(default_factory=dict)
     pgids: set[int] = field(default_factory=set)
+
+
+# Daytona's states with a change in progress (`pending` on its side): deletes answer 409.
+TRANSITIONAL = frozenset(
+    {"creating", "restoring", "destroying", "starting", "stopping", "pending_build",
+     "building_snapshot", "pulling_snapshot", "archiving", "resizing", "snapshotting",
+     "forking", "pausing", "resuming"}
+)  # fmt: skip
 
 
 def iso(moment: datetime) -> str:
@@ -244,9 +271,17 @@ class State:
             sandbox = self.sandboxes.get(key)
             if sandbox is None:
                 sandbox = next((s for s in self.sandboxes.values() if s.name == key), None)
-        if sandbox is None:
+        if sandbox is not None:
+            self.advance(sandbox)  # a `destroying` one may be gone by now
+        if sandbox is None or sandbox.state == "destroyed":
             raise ApiError(404, f"Sandbox with ID or name {key} not found")
         return sandbox
+
+    def pending(self, sb: Sandbox) -> bool:
+        """Whether a state change is in progress (Daytona's `pending`): a delete answers 409."""
+        self.advance(sb)
+        busy = sb.busy_until is not None and time.monotonic() < sb.busy_until
+        return busy or (sb.state in TRANSITIONAL and sb.state != "pending_build")
 
     def running(self, request: web.Request) -> Sandbox:
         sandbox = self.find(request)
@@ -255,10 +290,15 @@ class State:
             raise ApiError(409, f"Sandbox is not started (state: {sandbox.state})")
         return sandbox
 
-    @staticmethod
-    def advance(sb: Sandbox) -> None:
-        if sb.state == "starting" and sb.ready_at is not None and time.monotonic() >= sb.ready_at:
-            sb.state, sb.ready_at = "started", None
+    def advance(self, sb: Sandbox) -> None:
+        """Move the sandbox along its schedule (`destroyed` removes it)."""
+        now = time.monotonic()
+        with self.lock:
+            while sb.schedule and sb.schedule[0][0] <= now:
+                _, sb.state = sb.schedule.pop(0)
+                sb.updated_at = datetime.now(UTC)
+            if sb.state == "destroyed":
+                self.destroy(sb)
 
     def view(self, sb: Sandbox) -> SandboxView:
         self.advance(sb)

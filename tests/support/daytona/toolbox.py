@@ -121,6 +121,7 @@ class ToolboxApi:
         *,
         merge_stderr: bool,
         session: Session | None = None,
+        stdin_open: bool = False,
     ) -> asyncio.subprocess.Process:
         if not cwd.is_dir():
             raise ApiError(400, f"working directory {cwd.name!r} does not exist")
@@ -134,7 +135,10 @@ class ToolboxApi:
             *argv,
             cwd=str(cwd),
             env=env,
-            stdin=asyncio.subprocess.DEVNULL,
+            # An async session command's stdin is a FIFO that Daytona's daemon keeps open for
+            # SendInput (pkg/session/execute.go): a command that reads stdin waits forever.
+            # Sync commands see EOF at once.
+            stdin=asyncio.subprocess.PIPE if stdin_open else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
             start_new_session=True,
@@ -231,15 +235,8 @@ class ToolboxApi:
         destination = self.host_path(sandbox, path)
         if destination.exists() and any(destination.iterdir()):
             raise ApiError(400, "destination is not empty", code="GIT_CLONE_FAILED")
-        argv = ["git", "clone", "--quiet"]
-        if branch:
-            argv += ["--branch", branch]
-        if isinstance(body.get("depth"), int):
-            argv += ["--depth", str(body["depth"])]
-        inner = self.inner_path(sandbox, destination)
-        script = shlex.join([*argv, "--", url, inner])
-        if commit_id:
-            script += " && " + shlex.join(["git", "-C", inner, "checkout", "--quiet", commit_id])
+        existed = destination.exists()
+        script = self.clone_script(self.inner_path(sandbox, destination), url, branch, commit_id)
         env = {"GIT_TERMINAL_PROMPT": "0"}
         if username is not None or password is not None:
             env |= {"GIT_ASKPASS": str(self.askpass()), "EMU_GIT_USERNAME": username or ""}
@@ -254,9 +251,31 @@ class ToolboxApi:
             raise ApiError(504, "git clone timed out") from None
         finally:
             self.forget_group(sandbox, process.pid)
-        if process.returncode != 0:
+        if process.returncode != 0:  # go-git removes what a failed clone wrote
+            if existed:
+                for child in destination.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(destination, ignore_errors=True)
             raise ApiError(400, "git clone failed", code="GIT_CLONE_FAILED", source=SOURCE_DAEMON)
         return web.Response(status=200)
+
+    @staticmethod
+    def clone_script(inner: str, url: str, branch: str | None, commit_id: str | None) -> str:
+        """Daytona's daemon (pkg/git/clone.go, go-git): a single-branch clone — of the remote's
+        default branch, or of `refs/heads/<branch>`: a tag or anything else that is not a
+        branch fails — then, with a commit id, a checkout of it, which fails unless that commit
+        came with the branch."""
+        argv = ["git", "clone", "--quiet", "--single-branch"]
+        if branch:
+            argv += ["--branch", branch]
+        script = shlex.join([*argv, "--", url, inner])
+        if branch:  # `git clone --branch` takes tags too; go-git's ReferenceName does not
+            script += " && " + shlex.join(["git", "-C", inner, "symbolic-ref", "-q", "HEAD"])
+            script += " >/dev/null"
+        if commit_id:
+            script += " && " + shlex.join(["git", "-C", inner, "checkout", "--quiet", commit_id])
+        return script
 
     def askpass(self) -> Path:
         """A GIT_ASKPASS script answering from the clone's environment."""

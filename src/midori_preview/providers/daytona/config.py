@@ -29,6 +29,7 @@ class DaytonaProviderConfig:
     retry_deadline_seconds: float = 60
     retry_initial_backoff_seconds: float = 0.5
     retry_max_backoff_seconds: float = 8
+    delete_deadline_seconds: float = 30  # deletes wait out 409s this long, then the reaper
     poll_interval_seconds: float = 0.5
     output_tail_lines: int = 50
 

@@ -5,9 +5,10 @@ The SDK raises one `DaytonaError` tree for both the API and the sandbox toolbox;
 and the class second. Messages we raise are ours; the vendor's text is logged at debug level only,
 with anything that looks like a credential masked.
 
-Retried: connection failures, 429 (after its `Retry-After`), 502/503/504 — and for calls that are
-not idempotent only what surely was not carried out (429, 503, a connection never made). Never:
-400/401/403/404/409/422. Waits and bounds are the service's one `RetryPolicy` (`retry.py`).
+Retried: connection failures, 429 (after its `Retry-After-<throttler>`), 502/503/504 — and for
+calls that are not idempotent only what surely was not carried out (429, 503, a connection never
+made); 409 only for deletes (a transition in progress). Never: 400/401/403/404/422. Waits and
+bounds are the service's one `RetryPolicy` (`retry.py`).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ _STATUS_BY_CLASS: tuple[tuple[type[DaytonaError], int], ...] = (
     (DaytonaRateLimitError, 429),
 )
 _QUOTA_HINTS = re.compile(
-    r"quota|limit exceeded|exceeds? (the )?(maximum|limit)|total (cpu|memory|disk)|"
-    r"insufficient (resources|credits?)|out of (credits?|capacity)",
+    r"total (?P<resource>cpu|memory|disk|gpu)|quota|limit exceeded|"
+    r"exceeds? (the )?(maximum|limit)|insufficient (resources|credits?)|out of (credits?|capacity)",
     re.IGNORECASE,
 )
 _CREDENTIAL_LIKE = re.compile(r"(?i)bearer\s+\S+|[A-Za-z0-9_]{24,}")
@@ -82,11 +83,15 @@ def _never_sent(exc: BaseException) -> bool:
     return False
 
 
-def is_retryable(exc: BaseException, *, idempotent: bool) -> bool:
-    """Worth another attempt? Non-idempotent calls retry only what surely was not processed."""
+def is_retryable(exc: BaseException, *, idempotent: bool, conflict: bool = False) -> bool:
+    """Worth another attempt? Non-idempotent calls retry only what surely was not processed;
+    with `conflict`, a 409 too (Daytona's "state change in progress": a delete did nothing and
+    works once the sandbox's state settles)."""
     if not isinstance(exc, DaytonaError):
         return False
     status = status_of(exc)
+    if conflict and status == 409:
+        return True
     if status in (429, 503):
         return True
     if status in (502, 504):
@@ -105,17 +110,35 @@ def is_ambiguous(exc: DaytonaError) -> bool:
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:
-    """The server's `Retry-After` (seconds form) on a 429/503, if it sent one."""
+    """The server's wait (seconds form) on a 429/503, if it sent one. Daytona's API rate-limits
+    with named throttlers (@nestjs/throttler), whose wait is in `Retry-After-<throttler>`
+    (`Retry-After-sandbox-create`…); a plain `Retry-After` counts too. The longest one wins:
+    every throttler that refused must have let go."""
     if not isinstance(exc, DaytonaError):
         return None
     headers: Mapping[str, Any] = exc.headers or {}
+    waits: list[float] = []
     for key, value in headers.items():
-        if key.lower() == "retry-after":
+        name = key.lower()
+        if name == "retry-after" or name.startswith("retry-after-"):
             try:
-                return max(0.0, float(str(value).strip()))
+                waits.append(max(0.0, float(str(value).strip())))
             except ValueError:
-                return None
-    return None
+                continue
+    return max(waits) if waits else None
+
+
+def quota_message(hint: re.Match[str]) -> str:
+    """Our words for a quota refusal (Daytona answers 400 "Total CPU limit exceeded. Maximum
+    allowed: 10."): which limit, never the vendor's text."""
+    resource = (hint["resource"] or "").lower()
+    if resource:
+        name = resource.upper() if resource in ("cpu", "gpu") else resource
+        return (
+            f"the Daytona organization's total {name} limit is reached: "
+            "stop other sandboxes or raise the organization's quota"
+        )
+    return "the Daytona organization is out of quota: stop other sandboxes or raise its limits"
 
 
 def vendor_detail(exc: BaseException) -> str:
@@ -141,9 +164,13 @@ def to_provider_error(exc: DaytonaError, action: str) -> ProviderError:
         return ProviderUnavailable(
             f"{action}: Daytona is rate limiting us", retry_after=retry_after_seconds(exc)
         )
-    if status == 403 or (
-        status is not None and 400 <= status < 500 and _QUOTA_HINTS.search(exc.message or "")
+    if (
+        status is not None
+        and 400 <= status < 500
+        and (hint := _QUOTA_HINTS.search(exc.message or ""))
     ):
+        return ProviderQuota(f"{action}: {quota_message(hint)}")
+    if status == 403:
         return ProviderQuota(f"{action}: Daytona refused (account quota or permissions)")
     if status in (408, 504) or (
         isinstance(exc, DaytonaTimeoutError) and not isinstance(exc, DaytonaConnectionError)
@@ -171,7 +198,12 @@ class DaytonaRetry:
         return self.policy.backoff(attempt)
 
     async def call(
-        self, action: str, fn: Callable[[], Awaitable[T]], *, idempotent: bool = True
+        self,
+        action: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        idempotent: bool = True,
+        conflict: bool = False,
     ) -> T:
         """`await fn()`, retried while worth it; a final SDK error becomes our `ProviderError`."""
 
@@ -186,7 +218,7 @@ class DaytonaRetry:
             )
 
         retrying = self.policy.retrying(
-            retry_if=lambda exc: is_retryable(exc, idempotent=idempotent),
+            retry_if=lambda exc: is_retryable(exc, idempotent=idempotent, conflict=conflict),
             retry_after=retry_after_seconds,
             on_retry=before_sleep,
         )

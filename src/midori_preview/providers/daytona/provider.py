@@ -18,7 +18,6 @@ reads never reach Daytona.
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from datetime import timedelta
@@ -27,19 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import structlog
-from daytona import (
-    AsyncDaytona,
-    AsyncSandbox,
-    CreateSandboxFromImageParams,
-    CreateSandboxFromSnapshotParams,
-    DaytonaConfig,
-    DaytonaConnectionError,
-    DaytonaError,
-    DaytonaTimeoutError,
-    FileUpload,
-    ListSandboxesQuery,
-    Resources,
-)
+from daytona import AsyncDaytona, AsyncSandbox, DaytonaConfig, FileUpload, ListSandboxesQuery
 
 from midori_preview.clock import Clock, SystemClock
 from midori_preview.providers.base import (
@@ -49,44 +36,28 @@ from midori_preview.providers.base import (
     GitCredentials,
     OutputCallback,
     PreviewLink,
-    ProviderError,
-    ProviderNotFound,
     ProviderRejected,
     ProviderSandbox,
     ProviderSandboxInfo,
-    ProviderState,
-    ProviderTimeout,
-    SandboxFailed,
     SandboxSpec,
+    ServerExited,
     Upstream,
 )
 from midori_preview.providers.daytona.config import DaytonaProviderConfig
-from midori_preview.providers.daytona.errors import (
-    DaytonaRetry,
-    is_ambiguous,
-    is_retryable,
-    retry_after_seconds,
-    status_of,
-    to_provider_error,
-)
+from midori_preview.providers.daytona.errors import DaytonaRetry
+from midori_preview.providers.daytona.git import GitClone
 from midori_preview.providers.daytona.labels import label_value, sandbox_info
+from midori_preview.providers.daytona.lifecycle import DaytonaSandboxFailed, Lifecycle
+from midori_preview.providers.daytona.probing import PROBE_HEADERS, Answer, classify
 from midori_preview.providers.daytona.sessions import OutputLines, SessionCommands, shell_script
-from midori_preview.providers.labels import owned_selector, sandbox_labels
 from midori_preview.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
 
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 _CLEANUP = "cleanup"  # key of the background tasks deleting what failed creates left
 
-
-class DaytonaSandboxFailed(SandboxFailed):
-    """Daytona put the sandbox in its error state; `error_reason` is its (trimmed) reason."""
-
-    def __init__(self, message: str, *, error_reason: str | None) -> None:
-        super().__init__(message)
-        self.error_reason = error_reason
+__all__ = ["DaytonaProvider", "DaytonaSandboxFailed"]
 
 
 class DaytonaProvider:
@@ -122,7 +93,10 @@ class DaytonaProvider:
         self._sessions = SessionCommands(
             self._retry, request_timeout=self._timeout, poll_interval=config.poll_interval_seconds
         )
+        self._lifecycle = Lifecycle(self._client, config, self._retry, self.list_sandboxes)
+        self._git = GitClone(self._retry)
         self._handles: dict[str, AsyncSandbox] = {}
+        self._exited: dict[tuple[str, int], int] = {}  # (provider id, port) → server exit code
         self._links: dict[tuple[str, int], tuple[str, str]] = {}
         self._exec_sessions: dict[str, str] = {}
         self._exec_locks: dict[str, asyncio.Lock] = {}
@@ -131,44 +105,11 @@ class DaytonaProvider:
     # --- the port ----------------------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec, *, timeout: float) -> ProviderSandbox:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                sandbox = await self._client.create(
-                    self._create_params(spec), timeout=max(0.001, deadline - loop.time())
-                )
-                break
-            except DaytonaError as exc:
-                status = status_of(exc)
-                if isinstance(exc, DaytonaTimeoutError) and status is None:  # out of time
-                    await self._discard(spec, exc.sandbox_id)
-                    raise ProviderTimeout(f"sandbox creation took over {timeout:g}s") from None
-                if status is None and not isinstance(exc, DaytonaConnectionError):
-                    # Accepted, then failed on its way to `started` (Daytona's error state).
-                    found = await self._discard(spec, None)
-                    reasons = [i.error_reason for i in found if i.state is ProviderState.ERROR]
-                    if reasons:
-                        raise DaytonaSandboxFailed(
-                            "the sandbox failed to start", error_reason=reasons[0]
-                        ) from None
-                    raise to_provider_error(exc, "create sandbox") from None
-                if is_ambiguous(exc):  # it may exist even so: never leave a twin behind
-                    await self._discard(spec, None)
-                wait = retry_after_seconds(exc) or self._retry.backoff(attempt)
-                if (
-                    not is_retryable(exc, idempotent=True)
-                    or attempt >= self._config.retry_attempts
-                    or loop.time() + wait >= deadline
-                ):
-                    raise to_provider_error(exc, "create sandbox") from None
-                log.info("daytona.retry", action="create sandbox", attempt=attempt, wait=wait)
-                await asyncio.sleep(wait)
-            except asyncio.CancelledError:
-                self._spawn(_CLEANUP, self._discard(spec, None))
-                raise
+        try:
+            sandbox = await self._lifecycle.create(spec, timeout=timeout)
+        except asyncio.CancelledError:  # the caller gave up: delete what it may have made
+            self._spawn(_CLEANUP, self._lifecycle.discard(spec, None))
+            raise
         self._handles[sandbox.id] = sandbox
         log.info("daytona.sandbox_created", sandbox_id=spec.sandbox_id, provider_id=sandbox.id)
         return ProviderSandbox(self.name, sandbox.id, spec.sandbox_id, self._config.workdir)
@@ -237,21 +178,30 @@ class DaytonaProvider:
         await self._sessions.create_session(handle, session_id)
         cmd_id = await self._sessions.start(handle, session_id, script)
         lines = OutputLines(on_output, self._config.output_tail_lines)
-        follow = self._sessions.stream_server(handle, session_id, cmd_id, lines)
-        self._spawn(sandbox.provider_id, follow).set_name(f"daytona-server-{sandbox.sandbox_id}")
+        self._exited.pop((sandbox.provider_id, port), None)
+
+        async def follow() -> None:
+            code = await self._sessions.stream_server(handle, session_id, cmd_id, lines)
+            if code is not None:  # noticed at the next probe, with the output all delivered
+                self._exited[(sandbox.provider_id, port)] = code
+
+        self._spawn(sandbox.provider_id, follow()).set_name(f"daytona-server-{sandbox.sandbox_id}")
 
     async def probe(self, sandbox: ProviderSandbox, port: int, *, timeout: float) -> bool:
+        """Ready only when the app itself answered (see `probing`); ServerExited once the
+        server's command ended."""
+        if (code := self._exited.get((sandbox.provider_id, port))) is not None:
+            raise ServerExited(f"the server exited (code {code}) before answering", exit_code=code)
         url, token = await self._preview(sandbox, port)
-        headers = {"x-daytona-preview-token": token, "X-Daytona-Skip-Preview-Warning": "true"}
+        headers = {"x-daytona-preview-token": token, **PROBE_HEADERS}
         try:
             response = await self._http.get(url, headers=headers, timeout=timeout)
         except httpx.HTTPError:
             return False
-        if response.status_code == 401:  # the token went stale (a restart): ask for it again
+        answer = classify(response, url)
+        if answer is Answer.STALE_TOKEN:  # the token resets with a restart: ask for it again
             self._links.pop((sandbox.provider_id, port), None)
-            return False
-        # Daytona's proxy answers 502/503/504 itself while nothing listens on the port.
-        return response.status_code not in (502, 503, 504)
+        return answer is Answer.APP
 
     async def preview_link(
         self, sandbox: ProviderSandbox, port: int, *, open_url_ttl_seconds: int
@@ -275,9 +225,10 @@ class DaytonaProvider:
         return Upstream(url, headers)
 
     async def delete(self, sandbox: ProviderSandbox) -> None:
+        """Delete, waiting out Daytona's transitions (409) up to `delete_deadline_seconds`."""
         handle = self._handles.get(sandbox.provider_id)
         await self._forget(sandbox.provider_id)
-        await self._delete_id(sandbox.provider_id, handle)
+        await self._lifecycle.delete(sandbox.provider_id, handle)
         log.info(
             "daytona.sandbox_deleted",
             sandbox_id=sandbox.sandbox_id,
@@ -314,24 +265,17 @@ class DaytonaProvider:
         timeout: float,
         credentials: GitCredentials | None = None,
     ) -> None:
-        """Clone `url` at `ref` (branch, tag or full commit id) into the workdir."""
+        """Clone `url` at `ref` (branch, tag or full commit id) into the workdir (`git`)."""
         parts = urlsplit(url)
         if parts.scheme in ("http", "https") and (parts.username or parts.password):
             raise ProviderRejected("credentials belong in username/password, not in the URL")
         handle = await self._handle(sandbox)
-        commit = ref if ref is not None and _COMMIT.fullmatch(ref) else None
-        await self._retry.call(
-            "clone repository",
-            lambda: handle.git.clone(
-                url,
-                sandbox.workdir,
-                branch=None if commit else ref,
-                commit_id=commit,
-                username=credentials.username if credentials else None,
-                password=credentials.password if credentials else None,
-                request_timeout=timeout,
-            ),
-            idempotent=False,
+
+        async def run(command: str, seconds: float) -> ExecResult:
+            return await self.exec(sandbox, command, timeout=seconds)
+
+        await self._git.clone(
+            handle, sandbox.workdir, url, ref, timeout=timeout, credentials=credentials, run=run
         )
 
     async def keep_alive(self, sandbox: ProviderSandbox) -> bool:
@@ -344,29 +288,6 @@ class DaytonaProvider:
         return True
 
     # --- helpers -------------------------------------------------------------------------------
-
-    def _create_params(
-        self, spec: SandboxSpec
-    ) -> CreateSandboxFromSnapshotParams | CreateSandboxFromImageParams:
-        cfg = self._config
-        ours = sandbox_labels(
-            deployment=cfg.deployment,
-            sandbox_id=spec.sandbox_id,
-            user_id=spec.user_id,
-            project_id=spec.project_id,
-        )
-        labels = {key: label_value(value) for key, value in {**spec.labels, **ours}.items()}
-        common = {
-            "labels": labels,
-            "env_vars": dict(spec.env),
-            "public": False,
-            "auto_stop_interval": cfg.auto_stop_minutes,
-            "auto_delete_interval": 0,  # deleted as soon as it stops
-        }
-        if cfg.image is not None:
-            resources = Resources(cpu=cfg.cpu, memory=cfg.memory, disk=cfg.disk)
-            return CreateSandboxFromImageParams(image=cfg.image, resources=resources, **common)
-        return CreateSandboxFromSnapshotParams(snapshot=cfg.snapshot, **common)
 
     async def _handle(self, sandbox: ProviderSandbox) -> AsyncSandbox:
         handle = self._handles.get(sandbox.provider_id)
@@ -408,31 +329,7 @@ class DaytonaProvider:
         self._handles.pop(key, None)
         self._exec_sessions.pop(key, None)
         self._exec_locks.pop(key, None)
+        for exited in [each for each in self._exited if each[0] == key]:
+            del self._exited[exited]
         for link in [link for link in self._links if link[0] == key]:
             del self._links[link]
-
-    async def _delete_id(self, provider_id: str, handle: AsyncSandbox | None = None) -> None:
-        try:
-            target = handle or await self._find(provider_id)
-            await self._retry.call("delete sandbox", lambda: target.delete(timeout=self._timeout))
-        except ProviderNotFound:
-            pass  # already gone: that is what we wanted
-
-    async def _discard(
-        self, spec: SandboxSpec, provider_id: str | None
-    ) -> list[ProviderSandboxInfo]:
-        """Delete whatever a failed create left behind; returns what carried our sandbox id."""
-        found: list[ProviderSandboxInfo] = []
-        try:
-            found = await self.list_sandboxes(
-                owned_selector(self._config.deployment, sandbox_id=spec.sandbox_id)
-            )
-            ids = {info.provider_id for info in found}
-            if provider_id is not None:
-                ids.add(provider_id)
-            for each in ids:
-                await self._delete_id(each)
-                log.info("daytona.leftover_deleted", sandbox_id=spec.sandbox_id, provider_id=each)
-        except ProviderError as exc:
-            log.warning("daytona.leftover_not_deleted", sandbox_id=spec.sandbox_id, code=exc.code)
-        return found

@@ -33,7 +33,9 @@ def shell_script(workdir: str, command: str, env: Mapping[str, str]) -> str:
     if env:
         steps.append("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
     # The newline before the closing brace keeps a trailing comment in `command` harmless.
-    return "(" + " && ".join(steps) + " && {\n" + command + "\n})"
+    # Daytona gives a session command an open FIFO as stdin that never ends: a command reading
+    # stdin would wait forever, so it reads /dev/null instead.
+    return "(" + " && ".join(steps) + " && {\n" + command + "\n}) < /dev/null"
 
 
 class OutputLines:
@@ -152,13 +154,17 @@ class SessionCommands:
 
     async def stream_server(
         self, handle: AsyncSandbox, session_id: str, cmd_id: str, lines: OutputLines
-    ) -> None:
-        """Follow a long-running server's output for as long as it runs (a background task)."""
+    ) -> int | None:
+        """Follow a long-running server's output for as long as it runs (a background task);
+        its exit code once it ended (None when that could not be read)."""
         try:
-            await self.follow(handle, session_id, cmd_id, lines, recover=False)
+            await self.follow(handle, session_id, cmd_id, lines)
             await lines.flush()
-            log.info("daytona.server_output_ended", provider_id=handle.id)
+            code = await self.exit_code(handle, session_id, cmd_id)
+            log.info("daytona.server_exited", provider_id=handle.id, exit_code=code)
+            return code
         except ProviderError as exc:
             log.info("daytona.server_output_failed", provider_id=handle.id, code=exc.code)
         except Exception:
             log.warning("daytona.server_output_failed", provider_id=handle.id, exc_info=True)
+        return None
