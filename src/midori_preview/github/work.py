@@ -1,0 +1,336 @@
+"""The work a webhook asks for: build a commit's preview (replacing the previous one), follow it
+until it settles and tell GitHub, tear it down when the PR closes, and reconcile what no follower
+saw. Work on one pull request (or branch) is serialized by a Redis lock shared by all replicas;
+GitHub is told of a build's end only while the mapping still points at that sandbox, so a newer
+commit always wins."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import datetime
+from typing import Any
+
+from redis.exceptions import LockError, RedisError
+
+from midori_preview.clock import Clock
+from midori_preview.db.github import GitHubRepository
+from midori_preview.db.models import GitHubPreview
+from midori_preview.errors import ConcurrencyLimit, PreviewError, RateLimited
+from midori_preview.events import EventBus
+from midori_preview.github.comments import CommentState
+from midori_preview.github.notify import Notifier
+from midori_preview.github.payloads import Build, Close, Target
+from midori_preview.github.watch import SandboxWatch
+from midori_preview.logging import get_logger
+from midori_preview.previews.schemas import CreatePreview, GitIn, PreviewStatus
+from midori_preview.previews.service import PreviewService
+from midori_preview.previews.states import SandboxStatus
+from midori_preview.settings import Settings
+
+log = get_logger(__name__)
+
+S = SandboxStatus
+LOCK_SECONDS = 300
+LOCK_WAIT_SECONDS = 120
+Spawn = Callable[[Coroutine[Any, Any, None], str], None]
+
+
+def project_id_for(target: Target) -> str:
+    raw = f"gh:{target.repo}:{target.key}".replace("/", ":")
+    return re.sub(r"[^A-Za-z0-9._:@-]", "-", raw)[:200]
+
+
+class PreviewWork:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        previews: PreviewService,
+        store: GitHubRepository,
+        events: EventBus,
+        clock: Clock,
+        notify: Notifier,
+        watch: SandboxWatch,
+        spawn: Spawn,
+        review_link: Callable[[Target], str | None],
+    ) -> None:
+        self.settings = settings
+        self.previews = previews
+        self.store = store
+        self.events = events
+        self.clock = clock
+        self.notify = notify
+        self.watch = watch
+        self.spawn = spawn
+        self.review_link = review_link
+        self.clone_base = settings.github_clone_base_url.rstrip("/")
+
+    async def guarded(self, work: Coroutine[Any, Any, None], target: Target) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("github.work_failed", repo=target.repo, target=target.key)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, target: Target) -> AsyncIterator[None]:
+        name = f"{self.events.prefix}:github:lock:{target.repo.lower()}:{target.key}"
+        lock = self.events.redis.lock(
+            name, timeout=LOCK_SECONDS, blocking_timeout=LOCK_WAIT_SECONDS
+        )
+        if not await lock.acquire():
+            raise TimeoutError(f"could not lock {target.repo} {target.key}")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(LockError, RedisError):
+                await lock.release()
+
+    # --- build ------------------------------------------------------------------------------
+
+    async def build(self, d: Build) -> None:
+        t = d.target
+        async with self.locked(t):
+            row = await self.store.get(t.repo, t.key)
+            if row is not None and _stale(row, d.event_at):
+                log.info("github.event_stale", repo=t.repo, target=t.key)
+                return
+            if (
+                row is not None
+                and row.head_sha == d.sha
+                and row.state in ("building", "ready")
+                and await self.watch.live(row.sandbox_id)
+            ):
+                log.info("github.already_previewed", repo=t.repo, target=t.key, sha=d.sha)
+                return
+            old_deployment = row.deployment_id if row is not None else None
+            if row is not None and row.sandbox_id is not None:
+                await self.watch.stop(row.sandbox_id, "replaced")
+            sandbox_id, failure = await self._create(d)
+            row = await self._save_build(d, row, sandbox_id, failure)
+            await self._announce_build(d, row, old_deployment, failure)
+        if sandbox_id:
+            self.spawn(self.guarded(self._follow(t, sandbox_id), t), f"follow:{sandbox_id}")
+
+    async def _save_build(
+        self, d: Build, old: GitHubPreview | None, sandbox_id: str | None, failure: str | None
+    ) -> GitHubPreview:
+        t = d.target
+        now = self.clock.now()
+        row = GitHubPreview(
+            repo=t.repo,
+            target=t.key,
+            pr_number=t.pr_number,
+            branch=t.branch,
+            state="building" if sandbox_id else "failed",
+            sandbox_id=sandbox_id,
+            head_sha=d.sha,
+            comment_id=old.comment_id if old is not None else None,
+            deployment_id=None,
+            installation_id=d.installation_id or (old.installation_id if old else None),
+            detail=failure,
+            event_at=_latest(d.event_at, old.event_at if old is not None else None),
+            created_at=old.created_at if old is not None else now,
+            updated_at=now,
+        )
+        await self.store.save(row)
+        log.info(
+            "github.build_started" if sandbox_id else "github.build_refused",
+            repo=t.repo,
+            target=t.key,
+            sha=d.sha,
+            sandbox_id=sandbox_id,
+        )
+        return row
+
+    async def _announce_build(
+        self, d: Build, row: GitHubPreview, old_deployment: int | None, failure: str | None
+    ) -> None:
+        t = d.target
+        inst = row.installation_id
+        building = row.sandbox_id is not None
+        comment = CommentState("building", d.sha) if building else _refused(d.sha, failure)
+        await self.notify.comment(row, comment)
+        if old_deployment is not None:
+            await self.notify.status(t.repo, old_deployment, "inactive", inst, "Replaced")
+        deployment = await self.notify.create_deployment(t.repo, d.sha, inst)
+        if deployment is not None:
+            await self.store.update(t.repo, t.key, deployment_id=deployment)
+            if building:
+                await self.notify.status(t.repo, deployment, "in_progress", inst, "Building")
+            else:
+                await self.notify.status(t.repo, deployment, "failure", inst, "Not built")
+
+    async def _create(self, d: Build) -> tuple[str | None, str | None]:
+        s = self.settings
+        body = CreatePreview(
+            project_id=project_id_for(d.target),
+            git=GitIn(url=f"{self.clone_base}/{d.source_repo}.git", ref=d.sha),
+        )
+        for attempt in range(3):
+            try:
+                _, created = await self.previews.create(
+                    s.github_service_user,
+                    body,
+                    kind="github",
+                    concurrency_limit=s.github_max_concurrent_previews,
+                    ttl_seconds=s.github_preview_ttl_seconds,
+                    check_daily_quota=False,
+                    extra_git_prefixes=[f"{self.clone_base}/"],
+                )
+                return created.sandbox_id, None
+            except RateLimited as exc:
+                if attempt == 2:
+                    return None, "Too many previews were started just now."
+                wait = exc.extra.get("retryAfterSeconds", 5)
+                await asyncio.sleep(min(float(wait), 60.0))
+            except ConcurrencyLimit:
+                return None, (
+                    f"Too many GitHub previews are running (limit "
+                    f"{s.github_max_concurrent_previews}); close a pull request or wait for a "
+                    "preview to expire."
+                )
+            except PreviewError as exc:
+                log.warning("github.create_refused", repo=d.target.repo, code=exc.code)
+                return None, exc.message
+        return None, "Could not start the preview."  # pragma: no cover
+
+    async def _follow(self, target: Target, sandbox_id: str) -> None:
+        status = await self.watch.wait_settled(sandbox_id)
+        if status is not None:
+            await self.settle(target, sandbox_id, status)
+
+    # --- settle -----------------------------------------------------------------------------
+
+    async def settle(self, target: Target, sandbox_id: str, status: PreviewStatus) -> None:
+        """Tell GitHub how the build of `sandbox_id` ended (or that its preview stopped) —
+        only while the mapping still points at that sandbox, so a newer commit always wins."""
+        async with self.locked(target):
+            row = await self.store.get(target.repo, target.key)
+            if row is None or row.sandbox_id != sandbox_id:
+                return  # a newer commit took over
+            if not (
+                row.state == "building" or (row.state == "ready" and status.status != S.RUNNING)
+            ):
+                return  # already told (or closed)
+            if status.status == S.RUNNING:
+                await self._ready(target, row)
+            elif status.status == S.ERROR and row.state == "building":
+                await self._failed(target, row, status)
+            else:  # stopped (expired, by an admin …) or lost after it was ready
+                await self._stopped(target, row, status)
+
+    async def _ready(self, target: Target, row: GitHubPreview) -> None:
+        link = self.review_link(target)
+        await self.store.update(target.repo, target.key, state="ready", updated_at=self.clock.now())
+        ttl_hours = self.settings.github_preview_ttl_seconds / 3600
+        await self.notify.comment(
+            row, CommentState("ready", row.head_sha, link=link, ttl_hours=ttl_hours)
+        )
+        if row.deployment_id is not None:
+            await self.notify.status(
+                target.repo, row.deployment_id, "success", row.installation_id, "Ready", link
+            )
+        log.info("github.preview_ready", repo=target.repo, target=target.key)
+
+    async def _failed(self, target: Target, row: GitHubPreview, status: PreviewStatus) -> None:
+        err = status.error
+        step = err.step if err else None
+        await self.store.update(
+            target.repo,
+            target.key,
+            state="failed",
+            detail=f"{step}: {err.message}" if err else None,
+            updated_at=self.clock.now(),
+        )
+        await self.notify.comment(
+            row,
+            CommentState(
+                "failed",
+                row.head_sha,
+                step=step,
+                message=err.message if err else None,
+                exit_code=err.exit_code if err else None,
+                logs=list(status.logs_tail),
+            ),
+        )
+        if row.deployment_id is not None:
+            await self.notify.status(
+                target.repo, row.deployment_id, "failure", row.installation_id, f"Failed at {step}"
+            )
+        log.info("github.preview_failed", repo=target.repo, target=target.key, step=step)
+
+    async def _stopped(self, target: Target, row: GitHubPreview, status: PreviewStatus) -> None:
+        await self.store.update(
+            target.repo,
+            target.key,
+            state="stopped",
+            detail=status.reason,
+            updated_at=self.clock.now(),
+        )
+        await self.notify.comment(row, CommentState("stopped", row.head_sha, message=status.reason))
+        if row.deployment_id is not None:
+            await self.notify.status(
+                target.repo, row.deployment_id, "inactive", row.installation_id, "Stopped"
+            )
+        log.info("github.preview_stopped", repo=target.repo, target=target.key)
+
+    async def reconcile(self) -> int:
+        """Catch up with sandboxes whose end no follower saw (a replica died mid-build, or the
+        reaper stopped a ready preview): GitHub is told, as if followed. Idempotent."""
+        done = 0
+        for row in await self.store.open_previews():
+            if row.sandbox_id is None:
+                continue
+            settled = await self.watch.settled(row.sandbox_id)
+            if settled is None or (row.state == "ready" and settled.status == S.RUNNING):
+                continue
+            target = Target(row.repo, row.target, row.pr_number, row.branch)
+            await self.settle(target, row.sandbox_id, settled)
+            done += 1
+        return done
+
+    # --- close ------------------------------------------------------------------------------
+
+    async def close(self, d: Close) -> None:
+        t = d.target
+        async with self.locked(t):
+            row = await self.store.get(t.repo, t.key)
+            if row is None or row.state == "closed":
+                return
+            if _stale(row, d.event_at):
+                log.info("github.event_stale", repo=t.repo, target=t.key)
+                return
+            await self.store.update(
+                t.repo,
+                t.key,
+                state="closed",
+                event_at=_latest(d.event_at, row.event_at),
+                updated_at=self.clock.now(),
+            )
+            if row.sandbox_id is not None:
+                await self.watch.stop(row.sandbox_id, d.reason)
+            await self.notify.comment(row, CommentState("closed", row.head_sha), create=False)
+            if row.deployment_id is not None:
+                await self.notify.status(
+                    t.repo, row.deployment_id, "inactive", row.installation_id, "Closed"
+                )
+            log.info("github.preview_closed", repo=t.repo, target=t.key, reason=d.reason)
+
+
+def _stale(row: GitHubPreview, event_at: datetime | None) -> bool:
+    return event_at is not None and row.event_at is not None and event_at < row.event_at
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None or b is None:
+        return a or b
+    return max(a, b)
+
+
+def _refused(sha: str, failure: str | None) -> CommentState:
+    return CommentState("failed", sha, step="admission", message=failure)
