@@ -1,5 +1,5 @@
 """Fixtures of the GitHub tests: the fake GitHub API, bare git repositories standing in for
-github.com (GITHUB_CLONE_BASE_URL=file://…), signed webhook deliveries shaped like GitHub's."""
+github.com (served over git's smart HTTP by the fake), signed deliveries shaped like GitHub's."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def gh_settings(
         "github_webhook_secret": SECRET,
         "github_token": fake.token,
         "github_api_url": fake.url,
-        "github_clone_base_url": origin.base_url,
+        "github_clone_base_url": fake.git_base,  # git smart HTTP, as github.com serves it
         "github_repo_allowlist": ["octo-org/*"],
         "github_retry_backoff_seconds": 0.01,
         "github_request_timeout_seconds": 5,
