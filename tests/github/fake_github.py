@@ -79,6 +79,7 @@ class FakeGitHub:
     statuses: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     repos: dict[str, dict[str, Any]] = field(default_factory=dict)
     installation_tokens: dict[str, int] = field(default_factory=dict)  # token → installation
+    token_scopes: dict[str, tuple[list[str], Any]] = field(default_factory=dict)  # scoped ones
     failures: list[Failure] = field(default_factory=list)
     pulls: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     collaborators: set[tuple[str, str]] = field(default_factory=set)  # (repo, login)
@@ -289,6 +290,8 @@ class FakeGitHub:
         if call.method == "POST" and m:
             token = f"ghs_{secrets.token_hex(18)}"
             self.installation_tokens[token] = int(m.group(1))
+            if isinstance(call.json, dict) and "repositories" in call.json:
+                self.token_scopes[token] = (call.json["repositories"], call.json.get("permissions"))
             expires = datetime.now(UTC) + timedelta(seconds=self.installation_token_ttl)
             return JSONResponse(
                 {"token": token, "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}, 201

@@ -295,7 +295,11 @@ async def test_github_app_auth_uses_cached_installation_tokens(
             await deliver(running.client, "pull_request", pr_payload("opened", sha))
             await settle(running)
         token_calls = fake.calls_to("POST", r"^/app/installations/42424242/access_tokens$")
-        assert len(token_calls) == 1  # the payload's installation; cached for every later call
+        api_tokens = [c for c in token_calls if not c.json]
+        assert len(api_tokens) == 1  # the payload's installation; cached for every later call
+        # The clone's own token is scoped to the one repository, read-only (asked per clone).
+        [clone] = [c for c in token_calls if c.json]
+        assert clone.json == {"repositories": ["site"], "permissions": {"contents": "read"}}
         api = [c for c in fake.calls if not c.path.startswith("/app/")]
         assert len(api) >= 5
         assert all(c.authorization and c.authorization[7:] in fake.installation_tokens for c in api)

@@ -287,6 +287,29 @@ class GitHubClient:
             log.info("github.installation_token", installation_id=inst)
             return token
 
+    async def clone_token(self, repo: str, installation_id: int | None) -> str:
+        """A token that may read `repo`'s git contents: GITHUB_TOKEN, or an installation token
+        scoped to that one repository with `contents: read` (fetched per clone, never cached:
+        it ends with the clone's use, and the cached broad token is never handed to git)."""
+        if self._token is not None:
+            return self._token
+        if self._app is None:
+            raise GitHubNotConfigured("GitHub is not configured (GITHUB_TOKEN or App).")
+        inst = installation_id or self._app.installation_id
+        if inst is None:
+            raise GitHubNotConfigured("No GitHub App installation to act for.")
+        res = await self._send(
+            "POST",
+            f"/app/installations/{inst}/access_tokens",
+            bearer=self._app_jwt(),
+            json={"repositories": [repo.partition("/")[2]], "permissions": {"contents": "read"}},
+            what="clone token",
+        )
+        token = res.json().get("token")
+        if not isinstance(token, str) or not token:
+            raise GitHubUnavailable("GitHub answered without an installation token")
+        return token
+
     async def org_installation(self, org: str) -> int:
         """The App's installation id on an organization (App auth)."""
         if self._app is None:

@@ -83,6 +83,7 @@ class GitHubService:
             store=store,
             events=events,
             clock=clock,
+            client=client,
             notify=self.notify,
             watch=self.watch,
             spawn=lambda work, name: self._spawn(work, name=name),

@@ -20,6 +20,7 @@ from midori_preview.db.github import GitHubRepository
 from midori_preview.db.models import GitHubPreview
 from midori_preview.errors import ConcurrencyLimit, PreviewError, RateLimited
 from midori_preview.events import EventBus
+from midori_preview.github.client import GitHubClient, GitHubError
 from midori_preview.github.comments import CommentState
 from midori_preview.github.notify import Notifier
 from midori_preview.github.payloads import Build, Close, Target
@@ -27,7 +28,9 @@ from midori_preview.github.watch import SandboxWatch
 from midori_preview.logging import get_logger
 from midori_preview.previews.schemas import CreatePreview, GitIn, PreviewStatus
 from midori_preview.previews.service import PreviewService
+from midori_preview.previews.sources import CredentialSource
 from midori_preview.previews.states import SandboxStatus
+from midori_preview.providers.base import GitCredentials
 from midori_preview.settings import Settings
 
 log = get_logger(__name__)
@@ -52,6 +55,7 @@ class PreviewWork:
         store: GitHubRepository,
         events: EventBus,
         clock: Clock,
+        client: GitHubClient,
         notify: Notifier,
         watch: SandboxWatch,
         spawn: Spawn,
@@ -62,6 +66,7 @@ class PreviewWork:
         self.store = store
         self.events = events
         self.clock = clock
+        self.client = client
         self.notify = notify
         self.watch = watch
         self.spawn = spawn
@@ -181,6 +186,7 @@ class PreviewWork:
                     ttl_seconds=s.github_preview_ttl_seconds,
                     check_daily_quota=False,
                     extra_git_prefixes=[f"{self.clone_base}/"],
+                    git_credentials=self._clone_credentials(d),
                 )
                 return created.sandbox_id, None
             except RateLimited as exc:
@@ -198,6 +204,25 @@ class PreviewWork:
                 log.warning("github.create_refused", repo=d.target.repo, code=exc.code)
                 return None, exc.message
         return None, "Could not start the preview."  # pragma: no cover
+
+    def _clone_credentials(self, d: Build) -> CredentialSource | None:
+        """How the clone authenticates (private repositories): the token, asked right before
+        the clone, as HTTP credentials — never in the URL. Only for the base repository's own
+        owner: a fork elsewhere is cloned as anyone would (our token is not for strangers')."""
+        if not self.client.configured:
+            return None
+        if d.source_repo.partition("/")[0].lower() != d.target.repo.partition("/")[0].lower():
+            return None
+
+        async def credentials() -> GitCredentials | None:
+            try:
+                token = await self.client.clone_token(d.source_repo, d.installation_id)
+            except GitHubError as exc:
+                log.warning("github.clone_token_failed", repo=d.source_repo, code=exc.code)
+                return None
+            return GitCredentials("x-access-token", token)
+
+        return credentials
 
     async def _follow(self, target: Target, sandbox_id: str) -> None:
         status = await self.watch.wait_settled(sandbox_id)
