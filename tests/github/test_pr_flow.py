@@ -203,7 +203,7 @@ async def test_comment_is_found_again_by_its_marker(
     assert len(fake_github.comments_on(REPO, 7)) == 101
     assert fake_github.calls_to("POST", r"/comments$") == []
     assert state_of(fake_github.comments[ours]["body"]) == "ready"
-    pages = {c.query.get("page") for c in fake_github.calls_to("GET", r"/issues/7/comments$")}
+    pages = {c.query.get("page", "1") for c in fake_github.calls_to("GET", r"/issues/7/comments$")}
     assert pages == {"1", "2"}
 
 

@@ -161,6 +161,7 @@ class GitHubClient:
         self._http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
         self._owns_http = http is None
         self._installation_tokens: dict[int, _CachedToken] = {}
+        self._login: str | None = None  # GITHUB_TOKEN's user, once asked
         self._token_lock = asyncio.Lock()
 
     @property
@@ -324,27 +325,59 @@ class GitHubClient:
 
     # --- comments ---------------------------------------------------------------------------
 
+    async def login(self) -> str:
+        """The login GITHUB_TOKEN acts as (`GET /user`), asked once per process."""
+        if self._login is None:
+            user = await self.request("GET", "/user", what="user")
+            login = user.get("login") if isinstance(user, dict) else None
+            if not isinstance(login, str) or not login:
+                raise GitHubUnavailable("GitHub answered without a login")
+            self._login = login
+        return self._login
+
+    async def is_own(self, comment: dict[str, Any]) -> bool:
+        """Whether this service wrote `comment`: with App auth, it came through our App
+        (`performed_via_github_app.id`); with a token, its author is the token's user."""
+        if self.uses_app:
+            assert self._app is not None
+            via = comment.get("performed_via_github_app")
+            return isinstance(via, dict) and str(via.get("id")) == str(self._app.app_id)
+        user = comment.get("user")
+        login = user.get("login") if isinstance(user, dict) else None
+        return isinstance(login, str) and login.lower() == (await self.login()).lower()
+
     async def find_comment(
         self, repo: str, number: int, marker: str, *, installation_id: int | None
     ) -> int | None:
-        """Id of the first comment on the issue/PR whose body carries `marker`."""
-        for page in range(1, MAX_PAGES + 1):
-            items = await self.request(
-                "GET",
-                f"/repos/{_repo(repo)}/issues/{number}/comments",
-                params={"per_page": PER_PAGE, "page": page},
-                installation_id=installation_id,
-                what="list comments",
-            )
-            if not isinstance(items, list):
+        """Id of the first comment on the issue/PR that this service wrote and whose body
+        carries `marker` (anyone can paste the marker; only our own comment is adopted).
+        Pages are followed through GitHub's `Link` header."""
+        path: str | None = f"/repos/{_repo(repo)}/issues/{number}/comments"
+        params: dict[str, Any] | None = {"per_page": PER_PAGE}
+        for _ in range(MAX_PAGES):
+            if path is None:
                 return None
+            items, path = await self._page(path, params, installation_id, "list comments")
+            params = None  # the next link carries them
             for item in items:
-                if isinstance(item, dict) and marker in str(item.get("body") or ""):
+                if marker in str(item.get("body") or "") and await self.is_own(item):
                     found = item.get("id")
                     return found if isinstance(found, int) else None
-            if len(items) < PER_PAGE:
-                return None
         return None
+
+    async def _page(
+        self, path: str, params: dict[str, Any] | None, installation_id: int | None, what: str
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a list: its objects and the path of the next page (`Link: rel="next"`,
+        followed only on GitHub's own API host)."""
+        bearer = await self.access_token(installation_id)
+        res = await self._send("GET", path, bearer=bearer, params=params, what=what)
+        body = res.json() if res.content else None
+        items = [i for i in body if isinstance(i, dict)] if isinstance(body, list) else []
+        nxt = res.links.get("next", {}).get("url")
+        if not isinstance(nxt, str) or not nxt.startswith(self.api_url + "/"):
+            return items, None
+        return items, nxt.removeprefix(self.api_url)
 
     async def create_comment(
         self, repo: str, number: int, body: str, *, installation_id: int | None
