@@ -205,6 +205,10 @@ class Settings(BaseSettings):
     github_retry_max_wait_seconds: float = Field(
         30, description="Longest wait before a GitHub retry (longer rate limits fail at once)."
     )
+    github_secondary_rate_limit_wait_seconds: float = Field(
+        60,
+        description="Wait after a secondary rate limit that names none (doubles while it lasts).",
+    )
 
     # --- daytona -----------------------------------------------------------------------------
     daytona_api_key: SecretStr | None = Field(None, description="Set to use Daytona sandboxes.")

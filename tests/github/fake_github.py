@@ -53,6 +53,7 @@ class Call:
     query: dict[str, str]
     json: Any
     authorization: str | None
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

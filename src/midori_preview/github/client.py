@@ -14,68 +14,35 @@ from urllib.parse import quote
 import httpx
 import jwt
 
-from midori_preview.errors import ServiceError
+from midori_preview.github.answers import (
+    GitHubAuthFailed,
+    GitHubError,
+    GitHubNotConfigured,
+    GitHubNotFound,
+    GitHubRateLimited,
+    GitHubRejected,
+    GitHubUnavailable,
+    classify,
+)
 from midori_preview.logging import get_logger
 from midori_preview.retry import RetryPolicy
 
 log = get_logger(__name__)
+__all__ = [
+    "AppCredentials",
+    "GitHubAuthFailed",
+    "GitHubClient",
+    "GitHubError",
+    "GitHubNotConfigured",
+    "GitHubNotFound",
+    "GitHubRateLimited",
+    "GitHubRejected",
+    "GitHubUnavailable",
+]
 
 API_VERSION = "2022-11-28"
 PER_PAGE = 100
 MAX_PAGES = 50
-
-
-# --- errors -----------------------------------------------------------------------------------
-
-
-class GitHubError(ServiceError):
-    """Base of GitHub failures: `code` is ours and safe to show; never GitHub's own text."""
-
-    code = "github_error"
-    retryable = False
-
-    def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-
-
-class GitHubUnavailable(GitHubError):
-    """GitHub did not answer, or answered 5xx, past the retry budget."""
-
-    code = "github_unavailable"
-    retryable = True
-
-
-class GitHubRateLimited(GitHubUnavailable):
-    """GitHub's rate limit (429, or 403 with rate-limit headers)."""
-
-    code = "github_rate_limited"
-
-
-class GitHubRejected(GitHubError):
-    """A 4xx answer: retrying will not help."""
-
-    code = "github_rejected"
-
-
-class GitHubNotFound(GitHubRejected):
-    code = "github_not_found"
-
-
-class GitHubAuthFailed(GitHubRejected):
-    """401, or 403 without rate-limit headers: the credentials lack access."""
-
-    code = "github_auth_failed"
-
-
-class GitHubNotConfigured(GitHubError):
-    """No GITHUB_TOKEN and no GitHub App configured (or no installation for the call)."""
-
-    code = "github_not_configured"
 
 
 # --- auth -------------------------------------------------------------------------------------
@@ -94,45 +61,9 @@ class _CachedToken:
     expires_at: float  # epoch seconds
 
 
-def _retry_after(res: httpx.Response) -> float | None:
-    value = res.headers.get("retry-after")
-    if value is not None:
-        try:
-            return max(float(value), 0.0)
-        except ValueError:
-            return None
-    if res.headers.get("x-ratelimit-remaining") == "0":
-        reset = res.headers.get("x-ratelimit-reset")
-        if reset is not None and reset.isdigit():
-            return max(float(reset) - time.time(), 0.0)
-    return None
-
-
 def _retry_hint(exc: BaseException) -> float | None:
-    """GitHub's own wait (Retry-After / X-RateLimit-Reset), read when the answer was classified."""
+    """GitHub's own wait (retry-after, the primary reset, our secondary wait), when it gave one."""
     return exc.retry_after if isinstance(exc, GitHubError) else None
-
-
-def classify(res: httpx.Response, what: str) -> GitHubError:
-    """Our error for a non-2xx answer (GitHub's body is not passed on)."""
-    status = res.status_code
-    limited = status == 429 or (
-        status == 403
-        and (res.headers.get("x-ratelimit-remaining") == "0" or "retry-after" in res.headers)
-    )
-    if limited:
-        return GitHubRateLimited(
-            f"GitHub rate limit hit ({what})", status=status, retry_after=_retry_after(res)
-        )
-    if status >= 500:
-        return GitHubUnavailable(
-            f"GitHub answered {status} ({what})", status=status, retry_after=_retry_after(res)
-        )
-    if status in (401, 403):
-        return GitHubAuthFailed(f"GitHub refused the credentials ({what})", status=status)
-    if status == 404:
-        return GitHubNotFound(f"not found on GitHub ({what})", status=status)
-    return GitHubRejected(f"GitHub rejected the request ({what}, {status})", status=status)
 
 
 class GitHubClient:
@@ -149,12 +80,16 @@ class GitHubClient:
         attempts: int = 4,
         backoff: float = 1.0,
         max_wait: float = 30.0,
+        secondary_wait: float = 60.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self._token = token
         self._app = app
         self.max_wait = max_wait
+        self.secondary_wait = secondary_wait
+        self._strikes = 0  # rate limits in a row: a secondary limit's wait doubles each time
+        self._paused_until = 0.0  # epoch seconds: no call is sent before (GitHub asked us)
         self._retry = RetryPolicy(
             attempts=max(attempts, 1), initial_backoff_seconds=backoff, max_backoff_seconds=max_wait
         )
@@ -209,6 +144,9 @@ class GitHubClient:
         params: dict[str, Any] | None,
         what: str,
     ) -> httpx.Response:
+        paused = self._paused_until - time.time()
+        if paused > 0:  # GitHub asked for quiet: sending now would only extend the limit
+            raise GitHubRateLimited(f"GitHub rate limit hit ({what})", retry_after=paused)
         headers = {
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
@@ -227,9 +165,21 @@ class GitHubClient:
             raise GitHubUnavailable(f"GitHub is unreachable ({what})") from None
         log.debug("github.request", method=method, what=what, status=res.status_code)
         if res.is_success:
+            self._strikes = 0
             return res
-        err = classify(res, what)
-        log.warning("github.error", method=method, what=what, status=res.status_code, code=err.code)
+        wait = self.secondary_wait * 2.0 ** min(self._strikes, 6)
+        err = classify(res, what, secondary_wait=wait)
+        if isinstance(err, GitHubRateLimited) and err.retry_after is not None:
+            self._strikes += 1
+            self._paused_until = max(self._paused_until, time.time() + err.retry_after)
+        log.warning(
+            "github.error",
+            method=method,
+            what=what,
+            status=res.status_code,
+            code=err.code,
+            retry_after=err.retry_after,
+        )
         raise err
 
     async def request(

@@ -117,6 +117,7 @@ class GitHubService:
             attempts=s.github_retry_attempts,
             backoff=s.github_retry_backoff_seconds,
             max_wait=s.github_retry_max_wait_seconds,
+            secondary_wait=s.github_secondary_rate_limit_wait_seconds,
         )
         key = None
         if s.github_link_secret is not None:
