@@ -18,7 +18,7 @@ import re
 import secrets
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -64,6 +64,7 @@ class Failure:
     times: int
     headers: dict[str, str]
     message: str = "Injected failure with vendor text"
+    when: Callable[[Call], bool] | None = None
 
 
 @dataclass
@@ -108,9 +109,11 @@ class FakeGitHub:
         *,
         times: int = 1,
         headers: dict[str, str] | None = None,
+        when: Callable[[Call], bool] | None = None,
     ) -> None:
-        """The next `times` calls matching method + path regex answer `status`."""
-        self.failures.append(Failure(method, re.compile(pattern), status, times, headers or {}))
+        """The next `times` calls matching method + path regex (+ `when`) answer `status`."""
+        failure = Failure(method, re.compile(pattern), status, times, headers or {}, when=when)
+        self.failures.append(failure)
 
     # --- GitHub's rate-limit answers --------------------------------------------------------
 
@@ -257,7 +260,12 @@ class FakeGitHub:
         )
         self.calls.append(call)
         for failure in self.failures:
-            if failure.times > 0 and failure.method == call.method and failure.pattern.search(path):
+            if (
+                failure.times > 0
+                and failure.method == call.method
+                and failure.pattern.search(path)
+                and (failure.when is None or failure.when(call))
+            ):
                 failure.times -= 1
                 return JSONResponse(
                     {"message": failure.message, "documentation_url": DOCS},

@@ -361,7 +361,10 @@ async def test_github_failures_never_stop_the_preview(
         assert row.status == "running"
         assert fake_github.comments == {}  # never a blind create when the lookup failed
         assert len(fake_github.calls_to("GET", r"/issues/7/comments$")) == 2 * 4  # 2 tries x 4
-        assert len(fake_github.calls_to("POST", r"/deployments$")) == 1  # 422: not retried
+        # 422: not retried (nor re-sent by the reconcile job); the next state tries anew.
+        assert len(fake_github.calls_to("POST", r"/deployments$")) == 2
+        [dep] = fake_github.deployments.values()
+        assert fake_github.statuses[dep["id"]][-1]["state"] == "success"
         link = running.services.github.review_link(Target.pull(REPO, 7))
         assert "works anyway" in await page_behind(running, link)
 

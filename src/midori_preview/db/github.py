@@ -53,6 +53,20 @@ class GitHubRepository:
             )
             return list(rows)
 
+    async def unsynced(self, limit: int = 500) -> list[GitHubPreview]:
+        """Mappings whose comment or deployment state GitHub does not have yet (bounded)."""
+        async with self.db.writes() as s:
+            rows = await s.scalars(
+                select(GitHubPreview)
+                .where(
+                    (GitHubPreview.comment_synced.is_(False))
+                    | (GitHubPreview.deploy_synced.is_(False))
+                )
+                .order_by(GitHubPreview.updated_at)
+                .limit(limit)
+            )
+            return list(rows)
+
     async def save(self, row: GitHubPreview) -> None:
         """Insert or overwrite the mapping of (repo, target)."""
         values = {c.name: getattr(row, c.key) for c in GitHubPreview.__table__.columns}

@@ -141,6 +141,12 @@ class PreviewWork:
             event_at=_latest(d.event_at, old.event_at if old is not None else None),
             created_at=old.created_at if old is not None else now,
             updated_at=now,
+            comment_body=old.comment_body if old is not None else None,
+            comment_synced=True,
+            deploy_state=None,
+            deploy_description=None,
+            deploy_url=None,
+            deploy_synced=True,
         )
         await self.store.save(row)
         log.info(
@@ -162,13 +168,10 @@ class PreviewWork:
         await self.notify.comment(row, comment)
         if old_deployment is not None:
             await self.notify.status(t.repo, old_deployment, "inactive", inst, "Replaced")
-        deployment = await self.notify.create_deployment(t.repo, d.sha, inst)
-        if deployment is not None:
-            await self.store.update(t.repo, t.key, deployment_id=deployment)
-            if building:
-                await self.notify.status(t.repo, deployment, "in_progress", inst, "Building")
-            else:
-                await self.notify.status(t.repo, deployment, "failure", inst, "Not built")
+        if building:
+            await self.notify.deploy(row, "in_progress", "Building")
+        else:
+            await self.notify.deploy(row, "failure", "Not built")
 
     async def _create(self, d: Build) -> tuple[str | None, str | None]:
         s = self.settings
@@ -256,10 +259,7 @@ class PreviewWork:
         await self.notify.comment(
             row, CommentState("ready", row.head_sha, link=link, ttl_hours=ttl_hours)
         )
-        if row.deployment_id is not None:
-            await self.notify.status(
-                target.repo, row.deployment_id, "success", row.installation_id, "Ready", link
-            )
+        await self.notify.deploy(row, "success", "Ready", link)
         log.info("github.preview_ready", repo=target.repo, target=target.key)
 
     async def _failed(self, target: Target, row: GitHubPreview, status: PreviewStatus) -> None:
@@ -283,10 +283,7 @@ class PreviewWork:
                 logs=list(status.logs_tail),
             ),
         )
-        if row.deployment_id is not None:
-            await self.notify.status(
-                target.repo, row.deployment_id, "failure", row.installation_id, f"Failed at {step}"
-            )
+        await self.notify.deploy(row, "failure", f"Failed at {step}")
         log.info("github.preview_failed", repo=target.repo, target=target.key, step=step)
 
     async def _stopped(self, target: Target, row: GitHubPreview, status: PreviewStatus) -> None:
@@ -298,15 +295,31 @@ class PreviewWork:
             updated_at=self.clock.now(),
         )
         await self.notify.comment(row, CommentState("stopped", row.head_sha, message=status.reason))
-        if row.deployment_id is not None:
-            await self.notify.status(
-                target.repo, row.deployment_id, "inactive", row.installation_id, "Stopped"
-            )
+        await self.notify.deploy(row, "inactive", "Stopped")
         log.info("github.preview_stopped", repo=target.repo, target=target.key)
 
     async def reconcile(self) -> int:
         """Catch up with sandboxes whose end no follower saw (a replica died mid-build, or the
-        reaper stopped a ready preview): GitHub is told, as if followed. Idempotent."""
+        reaper stopped a ready preview): GitHub is told, as if followed; then re-send what
+        GitHub should show but does not yet (a failed comment edit or deployment status).
+        Idempotent: the number of previews acted on."""
+        return await self._catch_up() + await self._resend()
+
+    async def _resend(self) -> int:
+        done = 0
+        for stale in await self.store.unsynced():
+            target = Target(stale.repo, stale.target, stale.pr_number, stale.branch)
+            async with self.locked(target):
+                row = await self.store.get(stale.repo, stale.target)
+                if row is None or (row.comment_synced and row.deploy_synced):
+                    continue
+                if not row.comment_synced:
+                    await self.notify.send_comment(row, create=row.state != "closed")
+                await self.notify.send_deploy(row)
+                done += 1
+        return done
+
+    async def _catch_up(self) -> int:
         done = 0
         for row in await self.store.open_previews():
             if row.sandbox_id is None:
@@ -340,10 +353,7 @@ class PreviewWork:
             if row.sandbox_id is not None:
                 await self.watch.stop(row.sandbox_id, d.reason)
             await self.notify.comment(row, CommentState("closed", row.head_sha), create=False)
-            if row.deployment_id is not None:
-                await self.notify.status(
-                    t.repo, row.deployment_id, "inactive", row.installation_id, "Closed"
-                )
+            await self.notify.deploy(row, "inactive", "Closed")
             log.info("github.preview_closed", repo=t.repo, target=t.key, reason=d.reason)
 
 
