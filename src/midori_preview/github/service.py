@@ -25,7 +25,7 @@ from midori_preview.github.errors import (
 )
 from midori_preview.github.gitpush import RepoExporter
 from midori_preview.github.notify import Notifier
-from midori_preview.github.payloads import Build, Ignore, Policy, Target, decide
+from midori_preview.github.payloads import Build, Close, Ignore, Policy, Target, decide
 from midori_preview.github.signature import LinkSigner, derive_key
 from midori_preview.github.watch import SandboxWatch
 from midori_preview.github.work import PreviewWork
@@ -86,7 +86,6 @@ class GitHubService:
             client=client,
             notify=self.notify,
             watch=self.watch,
-            spawn=lambda work, name: self._spawn(work, name=name),
             review_link=self.review_link,
         )
 
@@ -178,6 +177,7 @@ class GitHubService:
             return Receipt("duplicate")
         decision = decide(event, payload, self.policy)
         if isinstance(decision, Ignore):
+            await self.store.finish_delivery(delivery_id, "done")
             log.info(
                 "github.delivery_ignored",
                 delivery_id=delivery_id,
@@ -194,11 +194,26 @@ class GitHubService:
             target=t.key,
             kind="build" if isinstance(decision, Build) else "close",
         )
-        work = (
-            self.work.build(decision) if isinstance(decision, Build) else self.work.close(decision)
-        )
-        self._spawn(self.work.guarded(work, t), name=f"github:{t.repo}:{t.key}")
+        self._spawn(self._run(delivery_id, decision), name=f"github:{t.repo}:{t.key}")
         return Receipt("accepted")
+
+    async def _run(self, delivery_id: str, decision: Build | Close) -> None:
+        """A delivery's work, to its end (a build: until it settles), and how it ended: a
+        failure (an error, a refused or failed build) lets a manual redelivery run it again."""
+        ok = False
+        try:
+            if isinstance(decision, Build):
+                ok = await self.work.build_and_follow(decision)
+            else:
+                await self.work.close(decision)
+                ok = True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            t = decision.target
+            log.exception("github.work_failed", repo=t.repo, target=t.key)
+        with contextlib.suppress(Exception):
+            await self.store.finish_delivery(delivery_id, "done" if ok else "failed")
 
     def _maybe_prune(self) -> None:
         now = self.clock.monotonic()

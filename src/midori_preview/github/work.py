@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any
 
 from redis.exceptions import LockError, RedisError
 
@@ -38,7 +37,6 @@ log = get_logger(__name__)
 S = SandboxStatus
 LOCK_SECONDS = 300
 LOCK_WAIT_SECONDS = 120
-Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
 
 def project_id_for(target: Target) -> str:
@@ -58,7 +56,6 @@ class PreviewWork:
         client: GitHubClient,
         notify: Notifier,
         watch: SandboxWatch,
-        spawn: Spawn,
         review_link: Callable[[Target], str | None],
     ) -> None:
         self.settings = settings
@@ -69,17 +66,8 @@ class PreviewWork:
         self.client = client
         self.notify = notify
         self.watch = watch
-        self.spawn = spawn
         self.review_link = review_link
         self.clone_base = settings.github_clone_base_url.rstrip("/")
-
-    async def guarded(self, work: Coroutine[Any, Any, None], target: Target) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("github.work_failed", repo=target.repo, target=target.key)
 
     @contextlib.asynccontextmanager
     async def locked(self, target: Target) -> AsyncIterator[None]:
@@ -97,13 +85,27 @@ class PreviewWork:
 
     # --- build ------------------------------------------------------------------------------
 
-    async def build(self, d: Build) -> None:
+    async def build_and_follow(self, d: Build) -> bool:
+        """Build the commit's preview and follow it until it settles: False when it could not
+        be started or failed to build (True when nothing was to be done)."""
+        started, acted = await self.build(d)
+        if started is None:
+            return not acted  # refused: failed; nothing to do: done
+        status = await self.watch.wait_settled(started)
+        if status is None:
+            return False
+        await self.settle(d.target, started, status)
+        return status.status != S.ERROR
+
+    async def build(self, d: Build) -> tuple[str | None, bool]:
+        """Start the commit's preview (replacing the previous one): its sandbox id (None when
+        refused) and whether anything was done (not for a stale event or a live preview)."""
         t = d.target
         async with self.locked(t):
             row = await self.store.get(t.repo, t.key)
             if row is not None and _stale(row, d.event_at):
                 log.info("github.event_stale", repo=t.repo, target=t.key)
-                return
+                return None, False
             if (
                 row is not None
                 and row.head_sha == d.sha
@@ -111,15 +113,14 @@ class PreviewWork:
                 and await self.watch.live(row.sandbox_id)
             ):
                 log.info("github.already_previewed", repo=t.repo, target=t.key, sha=d.sha)
-                return
+                return None, False
             old_deployment = row.deployment_id if row is not None else None
             if row is not None and row.sandbox_id is not None:
                 await self.watch.stop(row.sandbox_id, "replaced")
             sandbox_id, failure = await self._create(d)
             row = await self._save_build(d, row, sandbox_id, failure)
             await self._announce_build(d, row, old_deployment, failure)
-        if sandbox_id:
-            self.spawn(self.guarded(self._follow(t, sandbox_id), t), f"follow:{sandbox_id}")
+        return sandbox_id, True
 
     async def _save_build(
         self, d: Build, old: GitHubPreview | None, sandbox_id: str | None, failure: str | None
@@ -226,11 +227,6 @@ class PreviewWork:
             return GitCredentials("x-access-token", token)
 
         return credentials
-
-    async def _follow(self, target: Target, sandbox_id: str) -> None:
-        status = await self.watch.wait_settled(sandbox_id)
-        if status is not None:
-            await self.settle(target, sandbox_id, status)
 
     # --- settle -----------------------------------------------------------------------------
 
