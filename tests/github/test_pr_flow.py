@@ -91,7 +91,7 @@ async def test_opened_synchronize_closed(
         [dep1] = fake_github.deployments.values()
         assert (dep1["ref"], dep1["environment"], dep1["transient_environment"]) == (
             first,
-            "preview",
+            "preview/pr-7",  # one environment per PR
             True,
         )
         assert [s["state"] for s in fake_github.statuses[dep1["id"]]] == ["in_progress", "success"]
@@ -121,6 +121,7 @@ async def test_opened_synchronize_closed(
         [row2] = [r for r in rows.values() if r.id != row1.id]
         assert row2.status == "running"
         dep2 = next(d for d in fake_github.deployments.values() if d["ref"] == second)
+        assert dep2["environment"] == "preview/pr-7"  # the PR's one environment, again
         assert fake_github.statuses[dep1["id"]][-1]["state"] == "inactive"
         assert [s["state"] for s in fake_github.statuses[dep2["id"]]] == ["in_progress", "success"]
 

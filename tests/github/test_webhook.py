@@ -395,6 +395,7 @@ async def test_push_to_a_configured_branch_is_previewed(
         assert row.status == "running" and row.project_id == "gh:octo-org:site:branch:main"
         [deployment] = fake_github.deployments.values()
         assert deployment["ref"] == sha and deployment["transient_environment"] is True
+        assert deployment["environment"] == "preview/main"  # one environment per branch
         states = [s["state"] for s in fake_github.statuses[deployment["id"]]]
         assert states == ["in_progress", "success"]
         link = fake_github.statuses[deployment["id"]][-1]["environment_url"]

@@ -355,14 +355,20 @@ class GitHubClient:
     # --- deployments ------------------------------------------------------------------------
 
     async def create_deployment(
-        self, repo: str, sha: str, *, description: str, installation_id: int | None
+        self,
+        repo: str,
+        sha: str,
+        *,
+        environment: str,
+        description: str,
+        installation_id: int | None,
     ) -> int:
         res = await self.request(
             "POST",
             f"/repos/{_repo(repo)}/deployments",
             json={
                 "ref": sha,
-                "environment": "preview",
+                "environment": environment,
                 "transient_environment": True,
                 "production_environment": False,
                 "auto_merge": False,

@@ -23,6 +23,14 @@ from midori_preview.logging import get_logger
 log = get_logger(__name__)
 
 
+def environment_of(row: GitHubPreview) -> str:
+    """The GitHub environment of a preview: one per PR (`preview/pr-7`), per branch
+    (`preview/main`), so GitHub's environments page lists each one's deployments."""
+    if row.pr_number is not None:
+        return f"preview/pr-{row.pr_number}"
+    return f"preview/{row.branch}"
+
+
 class Notifier:
     """Writes the comment and deployment status of a mapping (callers hold its lock)."""
 
@@ -113,7 +121,11 @@ class Notifier:
                 return await self._deploy_synced(row)
             try:
                 row.deployment_id = await self.client.create_deployment(
-                    row.repo, row.head_sha, description="Midori preview", installation_id=inst
+                    row.repo,
+                    row.head_sha,
+                    environment=environment_of(row),
+                    description="Midori preview",
+                    installation_id=inst,
                 )
             except GitHubError as exc:
                 log.warning("github.deployment_failed", repo=row.repo, code=exc.code)
