@@ -188,6 +188,14 @@ class Settings(BaseSettings):
         86400, description="Longest life of a PR preview (no idle reaping; closed PRs stop it)."
     )
     github_service_user: str = Field("github", description="User that owns GitHub previews.")
+    github_repo_creates_per_minute: int = Field(
+        30,
+        description="GitHub previews started per repository per minute (their own budget, "
+        "not the service user's CREATE_RATE_PER_MINUTE); more wait their turn.",
+    )
+    github_rate_wait_max_seconds: float = Field(
+        600, description="Longest a GitHub preview waits for its repository's budget."
+    )
     github_webhook_max_bytes: int = Field(
         5 * 1024 * 1024, description="Largest accepted webhook body, in bytes."
     )

@@ -25,6 +25,7 @@ from midori_preview.github.errors import (
 )
 from midori_preview.github.gitpush import RepoExporter
 from midori_preview.github.notify import Notifier
+from midori_preview.github.order import EventOrder
 from midori_preview.github.payloads import Build, Close, Ignore, Policy, Target, decide
 from midori_preview.github.signature import LinkSigner, derive_key
 from midori_preview.github.watch import SandboxWatch
@@ -76,6 +77,7 @@ class GitHubService:
         self._tasks: set[asyncio.Task[None]] = set()  # webhook work: wait_idle() waits for it
         self._pruned_at: float | None = None  # clock.monotonic() of the last delivery prune
         self.notify = Notifier(client=client, store=store)
+        self.order = EventOrder(events)
         self.watch = SandboxWatch(settings=settings, previews=previews, events=events)
         self.work = PreviewWork(
             settings=settings,
@@ -87,6 +89,7 @@ class GitHubService:
             notify=self.notify,
             watch=self.watch,
             review_link=self.review_link,
+            order=self.order,
         )
 
     @classmethod
@@ -194,16 +197,19 @@ class GitHubService:
             target=t.key,
             kind="build" if isinstance(decision, Build) else "close",
         )
-        self._spawn(self._run(delivery_id, decision), name=f"github:{t.repo}:{t.key}")
+        seen = (decision.event_at or self.clock.now()).timestamp()
+        if isinstance(decision, Build):
+            await self.order.seen(t, seen)
+        self._spawn(self._run(delivery_id, decision, seen), name=f"github:{t.repo}:{t.key}")
         return Receipt("accepted")
 
-    async def _run(self, delivery_id: str, decision: Build | Close) -> None:
+    async def _run(self, delivery_id: str, decision: Build | Close, seen: float) -> None:
         """A delivery's work, to its end (a build: until it settles), and how it ended: a
         failure (an error, a refused or failed build) lets a manual redelivery run it again."""
         ok = False
         try:
             if isinstance(decision, Build):
-                ok = await self.work.build_and_follow(decision)
+                ok = await self.work.build_and_follow(decision, seen)
             else:
                 await self.work.close(decision)
                 ok = True

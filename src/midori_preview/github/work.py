@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from redis.exceptions import LockError, RedisError
@@ -22,6 +23,7 @@ from midori_preview.events import EventBus
 from midori_preview.github.client import GitHubClient, GitHubError
 from midori_preview.github.comments import CommentState
 from midori_preview.github.notify import Notifier
+from midori_preview.github.order import EventOrder
 from midori_preview.github.payloads import Build, Close, Target
 from midori_preview.github.watch import SandboxWatch
 from midori_preview.logging import get_logger
@@ -37,6 +39,13 @@ log = get_logger(__name__)
 S = SandboxStatus
 LOCK_SECONDS = 300
 LOCK_WAIT_SECONDS = 120
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    sandbox_id: str | None
+    acted: bool  # False: nothing was to be done (stale, superseded, already previewed)
+    wait: float | None = None  # the repository's budget is spent: try again after this long
 
 
 def project_id_for(target: Target) -> str:
@@ -57,6 +66,7 @@ class PreviewWork:
         notify: Notifier,
         watch: SandboxWatch,
         review_link: Callable[[Target], str | None],
+        order: EventOrder,
     ) -> None:
         self.settings = settings
         self.previews = previews
@@ -67,6 +77,7 @@ class PreviewWork:
         self.notify = notify
         self.watch = watch
         self.review_link = review_link
+        self.order = order
         self.clone_base = settings.github_clone_base_url.rstrip("/")
 
     @contextlib.asynccontextmanager
@@ -85,27 +96,39 @@ class PreviewWork:
 
     # --- build ------------------------------------------------------------------------------
 
-    async def build_and_follow(self, d: Build) -> bool:
+    async def build_and_follow(self, d: Build, seen: float) -> bool:
         """Build the commit's preview and follow it until it settles: False when it could not
-        be started or failed to build (True when nothing was to be done)."""
-        started, acted = await self.build(d)
-        if started is None:
-            return not acted  # refused: failed; nothing to do: done
-        status = await self.watch.wait_settled(started)
+        be started or failed to build (True when nothing was to be done). `seen`: the event's
+        order (a newer event of the same target supersedes this one). Over the repository's
+        budget it waits its turn (the PR keeps its current preview meanwhile)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.github_rate_wait_max_seconds
+        while True:
+            final = loop.time() >= deadline
+            started = await self.build(d, seen, final=final)
+            if started.wait is None:
+                break
+            await asyncio.sleep(min(started.wait, max(deadline - loop.time(), 0.0)) + 0.05)
+        if started.sandbox_id is None:
+            return not started.acted  # refused: failed; nothing to do: done
+        status = await self.watch.wait_settled(started.sandbox_id)
         if status is None:
             return False
-        await self.settle(d.target, started, status)
+        await self.settle(d.target, started.sandbox_id, status)
         return status.status != S.ERROR
 
-    async def build(self, d: Build) -> tuple[str | None, bool]:
-        """Start the commit's preview (replacing the previous one): its sandbox id (None when
-        refused) and whether anything was done (not for a stale event or a live preview)."""
+    async def build(self, d: Build, seen: float, *, final: bool = True) -> Started:
+        """Start the commit's preview and retire the previous one, unless the event is stale,
+        superseded or already previewed — or the repository's budget says wait (not `final`)."""
         t = d.target
         async with self.locked(t):
             row = await self.store.get(t.repo, t.key)
             if row is not None and _stale(row, d.event_at):
                 log.info("github.event_stale", repo=t.repo, target=t.key)
-                return None, False
+                return Started(None, acted=False)
+            if await self.order.superseded(t, seen):
+                log.info("github.event_superseded", repo=t.repo, target=t.key, sha=d.sha)
+                return Started(None, acted=False)
             if (
                 row is not None
                 and row.head_sha == d.sha
@@ -113,14 +136,18 @@ class PreviewWork:
                 and await self.watch.live(row.sandbox_id)
             ):
                 log.info("github.already_previewed", repo=t.repo, target=t.key, sha=d.sha)
-                return None, False
+                return Started(None, acted=False)
+            old = row.sandbox_id if row is not None else None
+            sandbox_id, failure, wait = await self._create(d, old, final=final)
+            if wait is not None:
+                log.info("github.build_waits", repo=t.repo, target=t.key, seconds=wait)
+                return Started(None, acted=True, wait=wait)
             old_deployment = row.deployment_id if row is not None else None
-            if row is not None and row.sandbox_id is not None:
-                await self.watch.stop(row.sandbox_id, "replaced")
-            sandbox_id, failure = await self._create(d)
-            row = await self._save_build(d, row, sandbox_id, failure)
-            await self._announce_build(d, row, old_deployment, failure)
-        return sandbox_id, True
+            new = await self._save_build(d, row, sandbox_id, failure)
+            if old is not None:
+                await self.watch.stop(old, "replaced")
+            await self._announce_build(d, new, old_deployment, failure)
+        return Started(sandbox_id, acted=True)
 
     async def _save_build(
         self, d: Build, old: GitHubPreview | None, sandbox_id: str | None, failure: str | None
@@ -174,13 +201,16 @@ class PreviewWork:
         else:
             await self.notify.deploy(row, "failure", "Not built")
 
-    async def _create(self, d: Build) -> tuple[str | None, str | None]:
+    async def _create(
+        self, d: Build, old: str | None, *, final: bool
+    ) -> tuple[str | None, str | None, float | None]:
+        """(sandbox id, why it was refused, how long to wait for the repository's budget)."""
         s = self.settings
         body = CreatePreview(
             project_id=project_id_for(d.target),
             git=GitIn(url=f"{self.clone_base}/{d.source_repo}.git", ref=d.sha),
         )
-        for attempt in range(3):
+        for retry in (False, True):
             try:
                 _, created = await self.previews.create(
                     s.github_service_user,
@@ -191,23 +221,30 @@ class PreviewWork:
                     check_daily_quota=False,
                     extra_git_prefixes=[f"{self.clone_base}/"],
                     git_credentials=self._clone_credentials(d),
+                    rate=(f"github:{d.target.repo.lower()}", s.github_repo_creates_per_minute),
                 )
-                return created.sandbox_id, None
+                return created.sandbox_id, None, None
             except RateLimited as exc:
-                if attempt == 2:
-                    return None, "Too many previews were started just now."
-                wait = exc.extra.get("retryAfterSeconds", 5)
-                await asyncio.sleep(min(float(wait), 60.0))
+                if not final:
+                    return None, None, float(exc.extra.get("retryAfterSeconds", 5))
+                return None, "Too many previews of this repository were started just now.", None
             except ConcurrencyLimit:
-                return None, (
-                    f"Too many GitHub previews are running (limit "
-                    f"{s.github_max_concurrent_previews}); close a pull request or wait for a "
-                    "preview to expire."
+                if old is not None and not retry:  # this PR's own preview frees the slot
+                    await self.watch.stop(old, "replaced")
+                    continue
+                return (
+                    None,
+                    (
+                        f"Too many GitHub previews are running (limit "
+                        f"{s.github_max_concurrent_previews}); close a pull request or wait for a "
+                        "preview to expire."
+                    ),
+                    None,
                 )
             except PreviewError as exc:
                 log.warning("github.create_refused", repo=d.target.repo, code=exc.code)
-                return None, exc.message
-        return None, "Could not start the preview."  # pragma: no cover
+                return None, exc.message, None
+        return None, "Could not start the preview.", None  # pragma: no cover
 
     def _clone_credentials(self, d: Build) -> CredentialSource | None:
         """How the clone authenticates (private repositories): the token, asked right before

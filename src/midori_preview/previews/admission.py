@@ -57,6 +57,8 @@ class Terms:
     check_daily_quota: bool = True
     extra_git_prefixes: Sequence[str] = ()  # besides GIT_ALLOWED_URL_PREFIXES
     git_credentials: CredentialSource | None = None  # a private repository's clone credentials
+    rate_key: str | None = None  # whose create rate this counts against (default: the user's)
+    rate_per_minute: int | None = None  # None: CREATE_RATE_PER_MINUTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +162,11 @@ class Admission:
     async def _within_limits(self, req: _Request) -> None:
         """The create rate limit and the daily cap (429s)."""
         s = self.settings
-        wait = await self.quota.hit_rate_limit(req.user_id, per_minute=s.create_rate_per_minute)
+        terms = req.terms
+        wait = await self.quota.hit_rate_limit(
+            terms.rate_key or req.user_id,
+            per_minute=terms.rate_per_minute or s.create_rate_per_minute,
+        )
         if wait:
             raise RateLimited(
                 f"Too many previews started; try again in {wait} s.",
