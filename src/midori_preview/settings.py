@@ -177,6 +177,10 @@ class Settings(BaseSettings):
         description="Comma-separated owner/name patterns (fnmatch) whose PRs are previewed.",
     )
     github_build_forks: bool = Field(False, description="Also preview pull requests from forks.")
+    github_fork_label: str = Field(
+        "preview",
+        description="Label a maintainer adds to build a fork PR whose author is no collaborator.",
+    )
     github_push_branches: CsvList = Field(
         default_factory=list,
         description="Comma-separated branch patterns whose pushes get a preview (none = off).",

@@ -216,6 +216,7 @@ async def test_forks_only_with_build_forks(
     settings = gh_settings(
         tmp_path / "again", backend, fake_github, origin, github_build_forks=True
     )
+    fake_github.collaborators.add(("octo-org/site", "mona"))  # the PR's author (see test_forks)
     async with gh_app(settings) as running:
         res = await deliver(running.client, "pull_request", payload)
         assert res.json()["outcome"] == "accepted"

@@ -273,6 +273,19 @@ class GitHubClient:
             raise GitHubUnavailable("GitHub answered without an installation id")
         return inst
 
+    async def is_collaborator(self, repo: str, login: str, *, installation_id: int | None) -> bool:
+        """Whether `login` collaborates on `repo` (204) or not (404)."""
+        try:
+            await self.request(
+                "GET",
+                f"/repos/{_repo(repo)}/collaborators/{_seg(login)}",
+                installation_id=installation_id,
+                what="collaborator",
+            )
+        except GitHubNotFound:
+            return False
+        return True
+
     # --- comments ---------------------------------------------------------------------------
 
     async def login(self) -> str:

@@ -73,6 +73,7 @@ class GitHubService:
             allowlist=list(settings.github_repo_allowlist),
             build_forks=settings.github_build_forks,
             push_branches=list(settings.github_push_branches),
+            fork_label=settings.github_fork_label,
         )
         self._tasks: set[asyncio.Task[None]] = set()  # webhook work: wait_idle() waits for it
         self._pruned_at: float | None = None  # clock.monotonic() of the last delivery prune

@@ -138,6 +138,9 @@ class PreviewWork:
                 log.info("github.already_previewed", repo=t.repo, target=t.key, sha=d.sha)
                 return Started(None, acted=False)
             old = row.sandbox_id if row is not None else None
+            if d.fork and not await self._trusted(d):
+                await self._hold(d, row)
+                return Started(None, acted=False)
             sandbox_id, failure, wait = await self._create(d, old, final=final)
             if wait is not None:
                 log.info("github.build_waits", repo=t.repo, target=t.key, seconds=wait)
@@ -149,8 +152,41 @@ class PreviewWork:
             await self._announce_build(d, new, old_deployment, failure)
         return Started(sandbox_id, acted=True)
 
+    async def _trusted(self, d: Build) -> bool:
+        """A fork PR is built when a maintainer labelled it, or its author collaborates."""
+        if self.settings.github_fork_label in d.labels:
+            return True
+        if d.author is None:
+            return False
+        try:
+            return await self.client.is_collaborator(
+                d.target.repo, d.author, installation_id=d.installation_id
+            )
+        except GitHubError as exc:
+            log.warning("github.collaborator_unknown", repo=d.target.repo, code=exc.code)
+            return False
+
+    async def _hold(self, d: Build, old: GitHubPreview | None) -> None:
+        """A stranger's fork PR: nothing is built; the comment says what a maintainer can do."""
+        t = d.target
+        row = await self._save_build(d, old, None, None, state="waiting")
+        if old is not None and old.sandbox_id is not None:
+            await self.watch.stop(old.sandbox_id, "replaced")
+        if old is not None and old.deployment_id is not None:
+            await self.notify.status(t.repo, old.deployment_id, "inactive", row.installation_id,
+                                     "Waiting for a maintainer")  # fmt: skip
+        label = self.settings.github_fork_label
+        await self.notify.comment(row, CommentState("waiting", d.sha, message=label))
+        log.info("github.fork_waits", repo=t.repo, target=t.key, sha=d.sha)
+
     async def _save_build(
-        self, d: Build, old: GitHubPreview | None, sandbox_id: str | None, failure: str | None
+        self,
+        d: Build,
+        old: GitHubPreview | None,
+        sandbox_id: str | None,
+        failure: str | None,
+        *,
+        state: str | None = None,
     ) -> GitHubPreview:
         t = d.target
         now = self.clock.now()
@@ -159,7 +195,7 @@ class PreviewWork:
             target=t.key,
             pr_number=t.pr_number,
             branch=t.branch,
-            state="building" if sandbox_id else "failed",
+            state=state or ("building" if sandbox_id else "failed"),
             sandbox_id=sandbox_id,
             head_sha=d.sha,
             comment_id=old.comment_id if old is not None else None,
