@@ -177,6 +177,11 @@ class Settings(BaseSettings):
         description="Comma-separated owner/name patterns (fnmatch) whose PRs are previewed.",
     )
     github_build_forks: bool = Field(False, description="Also preview pull requests from forks.")
+    github_actions_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the GitHub Actions trigger (the workflow's "
+        "PREVIEW_API_TOKEN secret); unset = the trigger is off.",
+    )
     github_fork_label: str = Field(
         "preview",
         description="Label a maintainer adds to build a fork PR whose author is no collaborator.",

@@ -273,6 +273,20 @@ class GitHubClient:
             raise GitHubUnavailable("GitHub answered without an installation id")
         return inst
 
+    async def pull_request(
+        self, repo: str, number: int, *, installation_id: int | None
+    ) -> dict[str, Any]:
+        """The pull request as `GET /repos/{repo}/pulls/{number}` returns it."""
+        pr = await self.request(
+            "GET",
+            f"/repos/{_repo(repo)}/pulls/{number}",
+            installation_id=installation_id,
+            what="pull request",
+        )
+        if not isinstance(pr, dict):
+            raise GitHubUnavailable("GitHub answered without a pull request")
+        return pr
+
     async def is_collaborator(self, repo: str, login: str, *, installation_id: int | None) -> bool:
         """Whether `login` collaborates on `repo` (204) or not (404)."""
         try:

@@ -15,18 +15,37 @@ from midori_preview.clock import Clock
 from midori_preview.db.github import GitHubRepository
 from midori_preview.errors import SandboxNotFound, SandboxNotRunning
 from midori_preview.events import EventBus
-from midori_preview.github.client import AppCredentials, GitHubClient
+from midori_preview.github.actions import delivery_id_of, event_of
+from midori_preview.github.client import (
+    AppCredentials,
+    GitHubClient,
+    GitHubError,
+    GitHubNotConfigured,
+    GitHubNotFound,
+)
 from midori_preview.github.errors import (
+    GitHubCallFailed,
+    GitHubUnconfigured,
     PreviewBuilding,
     PreviewClosed,
     PreviewFailed,
     PreviewGone,
     ReviewLinkNotFound,
+    WebhookRejected,
 )
 from midori_preview.github.gitpush import RepoExporter
 from midori_preview.github.notify import Notifier
 from midori_preview.github.order import EventOrder
-from midori_preview.github.payloads import Build, Close, Ignore, Policy, Target, decide
+from midori_preview.github.payloads import (
+    Build,
+    Close,
+    Ignore,
+    Policy,
+    Target,
+    allowed,
+    decide,
+    valid_full_name,
+)
 from midori_preview.github.signature import LinkSigner, derive_key
 from midori_preview.github.watch import SandboxWatch
 from midori_preview.github.work import PreviewWork
@@ -140,6 +159,11 @@ class GitHubService:
         )
 
     @property
+    def actions_token(self) -> bytes | None:
+        token = self.settings.github_actions_token
+        return token.get_secret_value().encode() if token else None
+
+    @property
     def webhook_secret(self) -> bytes | None:
         secret = self.settings.github_webhook_secret
         return secret.get_secret_value().encode() if secret else None
@@ -221,6 +245,30 @@ class GitHubService:
             log.exception("github.work_failed", repo=t.repo, target=t.key)
         with contextlib.suppress(Exception):
             await self.store.finish_delivery(delivery_id, "done" if ok else "failed")
+
+    async def trigger(self, repo: str, number: int) -> Receipt:
+        """The Actions trigger: read the PR from the API and act as its webhook event would."""
+        if valid_full_name(repo) is None:
+            raise WebhookRejected("`repo` is not an owner/name of GitHub.")
+        if not allowed(repo, self.policy.allowlist):
+            return Receipt("ignored", "not_allowlisted")
+        inst = self.settings.github_app_installation_id
+        try:
+            pr = await self.client.pull_request(repo, number, installation_id=inst)
+        except GitHubNotConfigured:
+            raise GitHubUnconfigured(
+                "GitHub is not configured (GITHUB_TOKEN or a GitHub App)."
+            ) from None
+        except GitHubNotFound:
+            raise GitHubCallFailed(
+                "github_not_found", "No such pull request, or no access to it.", 404
+            ) from None
+        except GitHubError as exc:
+            status = 503 if exc.retryable else 502
+            raise GitHubCallFailed(
+                exc.code, "GitHub could not be asked; retry later.", status
+            ) from None
+        return await self.receive(delivery_id_of(repo, pr), "pull_request", event_of(repo, pr))
 
     def _maybe_prune(self) -> None:
         now = self.clock.monotonic()
