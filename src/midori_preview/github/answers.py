@@ -9,6 +9,8 @@ text) and how a failed answer is classified — rate limits by GitHub's document
 from __future__ import annotations
 
 import time
+from datetime import datetime
+from typing import Any
 
 import httpx
 
@@ -121,3 +123,17 @@ def classify(res: httpx.Response, what: str, *, secondary_wait: float = 60.0) ->
     if status == 404:
         return GitHubNotFound(f"not found on GitHub ({what})", status=status)
     return GitHubRejected(f"GitHub rejected the request ({what}, {status})", status=status)
+
+
+def retry_hint(exc: BaseException) -> float | None:
+    """GitHub's own wait (retry-after, the primary reset, our secondary wait), when it gave one."""
+    return exc.retry_after if isinstance(exc, GitHubError) else None
+
+
+def parse_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +23,8 @@ from midori_preview.github.answers import (
     GitHubRejected,
     GitHubUnavailable,
     classify,
+    parse_time,
+    retry_hint,
 )
 from midori_preview.logging import get_logger
 from midori_preview.retry import RetryPolicy
@@ -61,11 +63,6 @@ class _CachedToken:
     expires_at: float  # epoch seconds
 
 
-def _retry_hint(exc: BaseException) -> float | None:
-    """GitHub's own wait (retry-after, the primary reset, our secondary wait), when it gave one."""
-    return exc.retry_after if isinstance(exc, GitHubError) else None
-
-
 class GitHubClient:
     """One per process (built in the app's lifespan). Every method names the installation it
     acts for when App auth is used; with a token, `installation_id` is ignored."""
@@ -96,12 +93,15 @@ class GitHubClient:
         self._http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
         self._owns_http = http is None
         self._installation_tokens: dict[int, _CachedToken] = {}
-        self._login: str | None = None  # GITHUB_TOKEN's user, once asked
         self._token_lock = asyncio.Lock()
 
     @property
     def configured(self) -> bool:
         return self._token is not None or self._app is not None
+
+    @property
+    def app_id(self) -> int | None:
+        return self._app.app_id if self._app is not None else None
 
     @property
     def uses_app(self) -> bool:
@@ -129,7 +129,7 @@ class GitHubClient:
         params: dict[str, Any] | None = None,
         what: str,
     ) -> httpx.Response:
-        retrying = self._retry.retrying(retry_if=self._should_retry, retry_after=_retry_hint)
+        retrying = self._retry.retrying(retry_if=self._should_retry, retry_after=retry_hint)
         async for attempt in retrying:
             with attempt:
                 return await self._once(method, path, bearer, json, params, what)
@@ -233,7 +233,7 @@ class GitHubClient:
             token = body.get("token")
             if not isinstance(token, str) or not token:
                 raise GitHubUnavailable("GitHub answered without an installation token")
-            expires = _parse_time(body.get("expires_at")) or time.time() + 3000
+            expires = parse_time(body.get("expires_at")) or time.time() + 3000
             self._installation_tokens[inst] = _CachedToken(token, expires)
             log.info("github.installation_token", installation_id=inst)
             return token
@@ -302,33 +302,17 @@ class GitHubClient:
 
     # --- comments ---------------------------------------------------------------------------
 
-    async def login(self) -> str:
-        """The login GITHUB_TOKEN acts as (`GET /user`), asked once per process."""
-        if self._login is None:
-            user = await self.request("GET", "/user", what="user")
-            login = user.get("login") if isinstance(user, dict) else None
-            if not isinstance(login, str) or not login:
-                raise GitHubUnavailable("GitHub answered without a login")
-            self._login = login
-        return self._login
-
-    async def is_own(self, comment: dict[str, Any]) -> bool:
-        """Whether this service wrote `comment`: with App auth, it came through our App
-        (`performed_via_github_app.id`); with a token, its author is the token's user."""
-        if self.uses_app:
-            assert self._app is not None
-            via = comment.get("performed_via_github_app")
-            return isinstance(via, dict) and str(via.get("id")) == str(self._app.app_id)
-        user = comment.get("user")
-        login = user.get("login") if isinstance(user, dict) else None
-        return isinstance(login, str) and login.lower() == (await self.login()).lower()
-
     async def find_comment(
-        self, repo: str, number: int, marker: str, *, installation_id: int | None
+        self,
+        repo: str,
+        number: int,
+        marker: str,
+        *,
+        own: Callable[[dict[str, Any]], Awaitable[bool]],
+        installation_id: int | None,
     ) -> int | None:
-        """Id of the first comment on the issue/PR that this service wrote and whose body
-        carries `marker` (anyone can paste the marker; only our own comment is adopted).
-        Pages are followed through GitHub's `Link` header."""
+        """Id of the first comment on the issue/PR whose body carries `marker` and that `own`
+        says we wrote (anyone can paste the marker). Pages follow GitHub's `Link` header."""
         path: str | None = f"/repos/{_repo(repo)}/issues/{number}/comments"
         params: dict[str, Any] | None = {"per_page": PER_PAGE}
         for _ in range(MAX_PAGES):
@@ -337,7 +321,7 @@ class GitHubClient:
             items, path = await self._page(path, params, installation_id, "list comments")
             params = None  # the next link carries them
             for item in items:
-                if marker in str(item.get("body") or "") and await self.is_own(item):
+                if marker in str(item.get("body") or "") and await own(item):
                     found = item.get("id")
                     return found if isinstance(found, int) else None
         return None
@@ -463,12 +447,3 @@ def _seg(value: str) -> str:
 def _repo(full_name: str) -> str:
     owner, _, name = full_name.partition("/")
     return f"{_seg(owner)}/{_seg(name)}"
-
-
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

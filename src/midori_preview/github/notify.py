@@ -18,6 +18,7 @@ from midori_preview.github.client import (
     GitHubNotFound,
 )
 from midori_preview.github.comments import MARKER, CommentState, render
+from midori_preview.github.identity import Identity
 from midori_preview.logging import get_logger
 
 log = get_logger(__name__)
@@ -37,6 +38,7 @@ class Notifier:
     def __init__(self, *, client: GitHubClient, store: GitHubRepository) -> None:
         self.client = client
         self.store = store
+        self.identity = Identity(client)
 
     async def ok(self, call: Coroutine[Any, Any, Any]) -> bool:
         """A GitHub call whose failure must not stop the preview work: True when it worked."""
@@ -73,8 +75,9 @@ class Notifier:
             comment_id = row.comment_id
             if comment_id is None:
                 comment_id = await self.client.find_comment(
-                    row.repo, row.pr_number, MARKER, installation_id=inst
-                )
+                    row.repo, row.pr_number, MARKER, own=self.identity.is_own,
+                    installation_id=inst,
+                )  # fmt: skip
             if comment_id is not None:
                 try:
                     await self.client.edit_comment(row.repo, comment_id, body, installation_id=inst)
