@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from live_update import live_update_rows  # live updates (issue 12): its own module
 
 API = "/api/preview/daytona"
 EXAMPLE = {
@@ -90,6 +91,7 @@ async def served(env: dict[str, str], concurrency: int) -> AsyncIterator[Server]
         "DATA_DIR": tempfile.mkdtemp(prefix="midori-bench-"),
         "LOG_LEVEL": "WARNING",
         "CREATE_RATE_PER_MINUTE": "100000",
+        "UPDATE_RATE_PER_MINUTE": "100000",
         "PREVIEW_DEPLOYMENT": f"bench{port}",
     }
     proc = subprocess.Popen(  # noqa: ASYNC220 - a harness, started once
@@ -300,6 +302,7 @@ async def run(runs: int, requests: int, concurrency: int, env: dict[str, str]) -
     async with served(env, concurrency) as server:
         rss_idle = _rss_mb(server.pid)
         rows = await preview_rows(server, runs)
+        rows += await live_update_rows(server.base, server.client, runs)
         body = {"projectId": "hb", "files": [{"path": "index.html", "content": "x"}]}
         watched = [(f"hb{i}", await _create(server, body, f"hb{i}")) for i in range(concurrency)]
         for user, sid in watched:

@@ -91,3 +91,15 @@ def test_the_services_read_time_from_the_clock() -> None:
         if chain in wall
     ]
     assert found == []
+
+
+def test_no_function_is_longer_than_80_lines() -> None:
+    found = [
+        f"{name}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for name, tree in modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert found == []

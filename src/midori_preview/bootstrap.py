@@ -140,7 +140,12 @@ async def build_services(
         ),
         github=github,
         authenticator=authenticator,
-        gateway=PreviewGateway(previews=previews, links=links, clock=clock),
+        gateway=PreviewGateway(
+            previews=previews,
+            links=links,
+            clock=clock,
+            reload_script=settings.preview_reload_script,
+        ),
         scheduler=scheduler,
         owns_provider=provider is None,
         owns_redis=redis is None,
@@ -179,6 +184,7 @@ def build_previews(
         replica_id=replica_id,
         links=links,
         build_cache=cache,
+        sources=db.sources,
     )
 
 

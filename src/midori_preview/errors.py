@@ -87,6 +87,27 @@ class SandboxNotRunning(PreviewError):
     status = 409
 
 
+class SourceIncompatible(PreviewError):
+    """An update that needs a new preview (another template, port or start command)."""
+
+    code = "source_incompatible"
+    status = 409
+
+
+class RebuildFailed(PreviewError):
+    """An update's install or build failed: the previous version stays live."""
+
+    code = "rebuild_failed"
+    status = 422
+
+
+class UpdateFailed(PreviewError):
+    """The sandbox did not take an update (the provider failed); `providerCode` says how."""
+
+    code = "update_failed"
+    status = 502
+
+
 class ConcurrencyLimit(PreviewError):
     code = "concurrency_limit"
     status = 409

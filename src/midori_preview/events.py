@@ -54,6 +54,11 @@ class EventBus:
         except RedisError as exc:
             log.warning("events.publish_failed", sandbox_id=sandbox_id, error=type(exc).__name__)
 
+    async def last_id(self, sandbox_id: str) -> str:
+        """The id of the stream's newest event ("0-0" for none): follow after it for new ones."""
+        last = await self.redis.xrevrange(self.key(sandbox_id), count=1)
+        return str(last[0][0]) if last else "0-0"
+
     async def read(
         self, sandbox_id: str, *, after: str = "0-0", block_ms: int | None = BLOCK_MS
     ) -> list[Event]:

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     usage_timezone: str = Field("UTC", description="Where a usage day starts and ends.")
     max_concurrent_sandboxes_per_user: int = Field(1, description="Live sandboxes per user.")
     create_rate_per_minute: int = Field(10, description="Creates per user per minute.")
+    update_rate_per_minute: int = Field(
+        60, description="Live updates (PUT …/source) per user per minute (not counted as creates)."
+    )
+    update_wait_seconds: int = Field(
+        900, description="How long an update of a preview still building waits for it to run."
+    )
     sandbox_create_timeout_seconds: int = Field(300, description="Provider create timeout.")
     build_step_timeout_seconds: int = Field(600, description="Timeout of one install/build step.")
     upload_timeout_seconds: int = Field(120, description="Timeout of the bulk file upload.")
@@ -121,6 +127,11 @@ class Settings(BaseSettings):
         None, description="Port in preview URLs (default: PORT); None-80/443 omitted."
     )
     preview_scheme: Literal["http", "https"] = Field("http", description="Scheme of preview URLs.")
+    preview_reload_script: bool = Field(
+        True,
+        description="The gateway adds a tiny script to HTML pages of previews that reloads them "
+        "when the preview is updated in place (keeping the scroll position).",
+    )
     preview_signing_secret: SecretStr | None = Field(
         None,
         description="Key of signed preview links: the same on every replica "

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from midori_preview.app import create_app
 from midori_preview.settings import Settings
@@ -43,6 +43,11 @@ CHROMIUM_ARGS = [
 CAFE_JSON = ROOT / "src" / "midori_preview" / "web" / "static" / "examples" / "test-cafe.json"
 CAFE_NAME = "บ้านกาแฟ Baan Kafae"
 API = "/api/preview"
+
+# Assertions on a page wait for their condition; on a loaded machine (the suite beside two busy
+# loops) a render can take longer than Playwright's 5 s default, so the bound is generous. A
+# passing check still returns as soon as its condition holds.
+expect.set_options(timeout=30_000)
 
 
 @dataclass

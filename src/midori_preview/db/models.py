@@ -111,12 +111,28 @@ class Sandbox(Base):
     expires_at: Mapped[datetime]
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
+    # Live updates: which version of its source the preview serves (1 = as created), and when
+    # the current one went live (None: never updated).
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    source_updated_at: Mapped[datetime | None]
 
     __table_args__ = (
         Index("ix_sandboxes_user_status", "user_id", "status"),
         Index("ix_sandboxes_status_active", "status", "active"),
         Index("ix_sandboxes_user_project_digest", "user_id", "project_id", "source_digest"),
     )
+
+
+class SandboxSource(Base):
+    """What a sandbox serves, as live updates compare it: the commands and port it was built
+    with (`spec`) and the sha256 of every file the service put into it (`files`)."""
+
+    __tablename__ = "sandbox_sources"
+
+    sandbox_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    files: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime]
 
 
 class UsageLedger(Base):

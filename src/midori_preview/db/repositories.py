@@ -10,6 +10,7 @@ from midori_preview.db.health import HealthRepository
 from midori_preview.db.idempotency import IdempotencyRepository
 from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.db.service_state import ServiceStateRepository
+from midori_preview.db.sources import SourceRepository
 from midori_preview.db.usage import UsageRepository
 
 
@@ -22,6 +23,7 @@ class Repositories:
     github: GitHubRepository
     service_state: ServiceStateRepository
     health: HealthRepository
+    sources: SourceRepository
 
     @classmethod
     def on(cls, database: Database) -> Repositories:
@@ -33,4 +35,5 @@ class Repositories:
             github=GitHubRepository(database),
             service_state=ServiceStateRepository(database),
             health=HealthRepository(database),
+            sources=SourceRepository(database),
         )

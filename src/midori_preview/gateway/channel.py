@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qs
 
+from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse
+from starlette.types import Scope
 
 from midori_preview.events import BLOCK_MS
 from midori_preview.previews.service import PreviewService
@@ -25,16 +28,45 @@ def _status(view: HostView) -> dict[str, str]:
     return {"event": "status", "data": json.dumps(data, ensure_ascii=False)}
 
 
-def events_response(
-    previews: PreviewService, view: HostView, last_event_id: str | None
+def since_version(scope: Scope) -> int | None:
+    """`?version=N` of the reload script: the version its page was served at."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("version")
+    if not values or not values[0].isdigit() or len(values[0]) > 9:
+        return None
+    return int(values[0])
+
+
+async def events_response(
+    previews: PreviewService,
+    view: HostView,
+    last_event_id: str | None,
+    *,
+    since_version: int | None = None,
 ) -> EventSourceResponse:
     """The events after `last_event_id` (all of them without it), then new ones as they come;
     the stream ends after a terminal status. When a wait times out the row is read again, so a
-    status whose event was lost still reaches the page."""
+    status whose event was lost still reaches the page.
+
+    With `since_version` (the reload script, no `Last-Event-ID`): only new events, after an
+    `updated` one at once when the preview is already past that version (the stream's newest
+    id is read before the row, so no update falls between the two)."""
     after = last_event_id if last_event_id and EVENT_ID.match(last_event_id) else "0-0"
+    first: list[dict[str, str]] = []
+    if since_version is not None and after == "0-0":
+        try:
+            after = await previews.events.last_id(view.sandbox_id)
+        except RedisError:
+            after = "0-0"
+        fresh = await previews.host_view(view.sandbox_id)
+        view = fresh or view
+        if view.version > since_version:
+            data = json.dumps({"version": view.version})
+            first.append({"event": "updated", "data": data})
     settled = view.status in TERMINAL
 
     async def stream() -> AsyncIterator[dict[str, str]]:
+        for item in first:
+            yield item
         last = None
         block = None if settled else BLOCK_MS  # already over: replay what is left, then close
         async for event in previews.follow_events(view.sandbox_id, after=after, block_ms=block):

@@ -16,8 +16,8 @@ import hmac
 from starlette.types import Receive, Scope, Send
 
 from midori_preview.clock import Clock
-from midori_preview.gateway import pages
-from midori_preview.gateway.channel import events_response
+from midori_preview.gateway import pages, reload
+from midori_preview.gateway.channel import events_response, since_version
 from midori_preview.gateway.labels import Label, PreviewLinks, parse_label, verify_label
 from midori_preview.gateway.proxy import (
     TOKEN_HEADER,
@@ -45,8 +45,16 @@ def wants_html(scope: Scope) -> bool:
 class PreviewGateway:
     """Serves every preview host; built once per app (`bootstrap`), mounted by `middleware`."""
 
-    def __init__(self, *, previews: PreviewService, links: PreviewLinks, clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        previews: PreviewService,
+        links: PreviewLinks,
+        clock: Clock,
+        reload_script: bool = True,
+    ) -> None:
         self.previews = previews
+        self.reload_script = reload_script  # PREVIEW_RELOAD_SCRIPT (live updates)
         self.links = links
         self.clock = clock
         self.suffix = "." + links.base_domain.lower()
@@ -80,8 +88,11 @@ class PreviewGateway:
             await self._websocket(scope, receive, send, view)
         elif path == pages.EVENTS_PATH:
             last = header(scope, b"last-event-id")
-            response = events_response(
-                self.previews, view, last.decode("latin-1") if last else None
+            response = await events_response(
+                self.previews,
+                view,
+                last.decode("latin-1") if last else None,
+                since_version=since_version(scope),
             )
             await response(scope, receive, send)
         elif path.startswith(pages.RESERVED):
@@ -124,7 +135,10 @@ class PreviewGateway:
         if view.status == SandboxStatus.RUNNING:
             try:
                 upstream = await self.previews.upstream(view)
-                await self.http.forward(scope, receive, send, upstream, browser=browser)
+                inject = reload.tag(view.version) if browser and self.reload_script else None
+                await self.http.forward(
+                    scope, receive, send, upstream, browser=browser, inject=inject
+                )
                 return
             except BodyTooLarge:
                 await pages.notice(413, browser=browser)(scope, receive, send)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 
-from midori_preview.previews.states import SandboxStatus
+from midori_preview.previews.states import STEPS, SandboxStatus
 from midori_preview.previews.views import HostView
 
 RESERVED = "/__midori/"  # never forwarded to a sandbox
@@ -20,8 +20,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {
     RESERVED + "page.js": ("page.js", "text/javascript; charset=utf-8"),
     RESERVED + "page.css": ("page.css", "text/css; charset=utf-8"),
+    RESERVED + "reload.js": ("reload.js", "text/javascript; charset=utf-8"),
 }
-STEPS = ("requested", "creating", "uploading", "installing", "building", "starting", "running")
 # The pages embed anywhere (the Midori project page's iframe): no frame-ancestors.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -112,7 +112,7 @@ def building_page(view: HostView) -> Response:
         "it is ready.</p>\n"
         f'<ol id="steps" aria-label="Build steps">{steps}</ol>\n' + _log(view.logs_tail, 50)
     )
-    return _page("building", "Building the preview…", 200, body, view=view)
+    return _page(SandboxStatus.BUILDING, "Building the preview…", 200, body, view=view)
 
 
 def stopped_page(view: HostView) -> Response:
@@ -132,7 +132,7 @@ def stopped_page(view: HostView) -> Response:
         '<button id="restart" type="button" hidden>Start it again</button>\n'
         '<p id="restart-note" class="muted">Start it again from the page you opened it from.</p>\n'
     )
-    return _page("stopped", "This preview is not running", 200, body, view=view)
+    return _page(SandboxStatus.STOPPED, "This preview is not running", 200, body, view=view)
 
 
 NOTICES = {

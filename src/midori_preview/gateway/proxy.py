@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
+from midori_preview.gateway import reload
 from midori_preview.providers.base import Upstream
 
 TOKEN_HEADER = "x-daytona-preview-token"  # noqa: S105 (a header name: ours, never forwarded)
@@ -153,6 +154,13 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
+async def _prepend(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in first:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
+
+
 class HttpProxy:
     """One HTTP client for every upstream (loopback servers, Daytona's preview proxy)."""
 
@@ -164,19 +172,32 @@ class HttpProxy:
         self.client = httpx.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False)
 
     async def forward(
-        self, scope: Scope, receive: Receive, send: Send, upstream: Upstream, *, browser: bool
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: Upstream,
+        *,
+        browser: bool,
+        inject: bytes | None = None,
     ) -> None:
         """Forward one request. Raises BodyTooLarge or UpstreamUnavailable before anything was
         sent to the client (the gateway answers those); a browser's page that the upstream
-        answers 502 counts as unavailable too (it gets a page, not a bare gateway error)."""
+        answers 502 counts as unavailable too (it gets a page, not a bare gateway error).
+        `inject`: a tag added to an HTML page (the reload script of live updates); its page is
+        asked for uncompressed."""
         declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise BodyTooLarge
         has_body = (declared not in (None, b"0")) or header(scope, b"transfer-encoding")
+        headers = forwarded_headers(scope["headers"], upstream.headers, drop=HOP_BY_HOP)
+        if inject is not None:
+            headers = [(k, v) for k, v in headers if k != "accept-encoding"]
+            headers.append(("accept-encoding", "identity"))
         request = self.client.build_request(
             scope["method"],
             target(upstream.url, scope),
-            headers=forwarded_headers(scope["headers"], upstream.headers, drop=HOP_BY_HOP),
+            headers=headers,
             content=_body(receive, self.max_body) if has_body else None,
         )
         try:
@@ -188,22 +209,49 @@ class HttpProxy:
         try:
             if browser and res.status_code == 502:
                 raise UpstreamUnavailable
-            start: Message = {
-                "type": "http.response.start",
-                "status": res.status_code,
-                "headers": answer_headers(res, httpx.URL(upstream.url)),
-            }
-            await send(start)
-            await self._relay(res, receive, send)
+            out = answer_headers(res, httpx.URL(upstream.url))
+            chunks = res.aiter_raw()
+            if inject is not None and reload.injectable(scope["method"], res.status_code, out):
+                rest = await self._inject(res.status_code, chunks, send, out, inject)
+                if rest is None:
+                    return
+                chunks = rest
+            start: Message = {"type": "http.response.start", "status": res.status_code}
+            await send({**start, "headers": out})
+            await self._relay(chunks, receive, send)
         finally:
             await res.aclose()
 
-    async def _relay(self, res: httpx.Response, receive: Receive, send: Send) -> None:
+    async def _inject(
+        self,
+        status: int,
+        chunks: AsyncIterator[bytes],
+        send: Send,
+        out: list[tuple[bytes, bytes]],
+        script: bytes,
+    ) -> AsyncIterator[bytes] | None:
+        """Send the page with `script` added (None: nothing left to relay); a page larger than
+        reload.MAX_HTML goes on as it is (what is left to relay: all of it, nothing sent yet)."""
+        read: list[bytes] = []
+        size = 0
+        async for chunk in chunks:
+            read.append(chunk)
+            size += len(chunk)
+            if size > reload.MAX_HTML:
+                return _prepend(read, chunks)
+        page = b"".join(read)
+        body = reload.add_script(page, script) or page
+        start: Message = {"type": "http.response.start", "status": status}
+        await send({**start, "headers": reload.with_length(out, len(body))})
+        await send({"type": "http.response.body", "body": body})
+        return None
+
+    async def _relay(self, chunks: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
         """Stream the answer until it ends or the client goes away (then stop reading it)."""
 
         async def pump() -> None:
             with contextlib.suppress(httpx.HTTPError):  # cut short: the client sees it end
-                async for chunk in res.aiter_raw():
+                async for chunk in chunks:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
 

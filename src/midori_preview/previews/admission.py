@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -88,8 +88,10 @@ class Admission:
         provider_name: str,
         replica_id: str,
         slot_lease_seconds: int,
+        record_source: Callable[[str, BuildPlan], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self.record_source = record_source  # what the sandbox serves (live updates compare it)
         self.sandboxes = sandboxes
         self.idempotency = idempotency
         self.quota = quota
@@ -130,6 +132,8 @@ class Admission:
         except RedisError as exc:
             raise QuotaUnavailable("Quota store unreachable; previews cannot start now.") from exc
         await self.transitions.created(row.id)
+        if self.record_source is not None:
+            await self.record_source(row.id, plan)
         log.info("sandbox.requested", sandbox_id=row.id, user_id=user_id, source=plan.source_kind)
         self.builds.start(row, plan)
         return 202, self._created(row)

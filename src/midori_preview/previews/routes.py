@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from sse_starlette.sse import EventSourceResponse
 
 from midori_preview.deps import PreviewsDep, User
@@ -26,7 +26,9 @@ from midori_preview.previews.schemas import (
     HeartbeatIn,
     HeartbeatOut,
     PreviewStatus,
+    SourceUpdated,
     StopIn,
+    UpdateSource,
     Usage,
 )
 from midori_preview.previews.states import TERMINAL, SandboxStatus
@@ -61,11 +63,13 @@ SSE_EVENT = {
     "type": "object",
     "properties": {
         "id": {"type": "string", "description": "Send it back as `Last-Event-ID` to resume."},
-        "event": {"type": "string", "enum": ["status", "log"]},
+        "event": {"type": "string", "enum": ["status", "log", "updated", "update_failed"]},
         "data": {
             "type": "string",
             "description": "JSON: `{status, reason}` for `status` (`error` adds `step`, "
-            "`code`, `message`, `exitCode`), `{step, stream, line}` for `log`.",
+            "`code`, `message`, `exitCode`), `{step, stream, line}` for `log`, "
+            "`{version, updatedAt, files, deleted, rebuilt}` for `updated` (a live update went "
+            "live), `{step, code, exitCode}` for `update_failed`.",
         },
     },
     "required": ["id", "event", "data"],
@@ -280,6 +284,73 @@ async def heartbeat(body: HeartbeatIn, user: User, svc: PreviewsDep) -> Heartbea
 async def my_usage(user: User, svc: PreviewsDep) -> Usage:
     """The caller's preview time today."""
     return await svc.usage(user.user_id)
+
+
+@router.put(
+    "/daytona/{sandbox_id}/source",
+    response_model=SourceUpdated,
+    responses={
+        **UNAUTHORIZED,
+        **NOT_FOUND,
+        **error_choices(
+            409,
+            "`source_incompatible`: another template, port or start command (a new preview is "
+            "needed; `differences` names what differs).",
+            error_body(
+                "source_incompatible",
+                "This preview cannot take that source (template differ); start a new preview.",
+                differences={"template": {"preview": "static", "update": "vite"}},
+            ),
+        ),
+        **error_response(
+            410,
+            "sandbox_stopped",
+            "This preview is no longer running; start a new one.",
+            "`sandbox_stopped`: the preview stopped (or stops).",
+            sandboxId=EXAMPLE_SANDBOX_ID,
+            reason="idle",
+        ),
+        **error_response(
+            413,
+            "payload_too_large",
+            "at most 2000 files per update",
+            "Too many files, or too many bytes (`payload_too_large`).",
+        ),
+        **error_choices(
+            422,
+            "Invalid payload (`validation_error`), or the install/build of the new files failed "
+            "(`rebuild_failed`; the previous version is still live).",
+            validation_error_body(
+                [{"loc": ["body"], "message": "Value error, give exactly one source"}]
+            ),
+            error_body(
+                "rebuild_failed",
+                "the build failed; the previous version is still live",
+                step="build",
+                stepCode="step_failed",
+                exitCode=1,
+                logsTail=["error during build"],
+            ),
+        ),
+        **error_response(
+            429,
+            "rate_limited",
+            "Too many updates; try again in 12 s.",
+            "`rate_limited`: too many updates (see `Retry-After`).",
+            retryAfterSeconds=12,
+        ),
+    },
+)
+async def update_source(
+    sandbox_id: Annotated[str, Path(min_length=1, max_length=64)],
+    body: UpdateSource,
+    user: User,
+    svc: PreviewsDep,
+) -> SourceUpdated:
+    """Update a running preview in place: the same sandbox and links, a new `version`, an
+    `updated` event, and open pages reload themselves. An identical source is a no-op; a preview
+    still building takes the update once it runs; concurrent updates: the newest wins."""
+    return await svc.update_source(sandbox_id, user.user_id, body)
 
 
 @router.get(

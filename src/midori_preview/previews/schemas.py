@@ -160,6 +160,83 @@ class CreatePreview(Camel):
         return self
 
 
+class UpdateSource(Camel):
+    """A running preview's new source: `promptJson` (+ `template`), or `files` (+ `deletions`,
+    and the commands and port of create, which must match the preview's own)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"promptJson": {"name": "บ้านกาแฟ Baan Kafae", "sections": []}},
+                {
+                    "files": [{"path": "index.html", "content": "<h1>Hello again</h1>"}],
+                    "deletions": ["old.html"],
+                },
+            ]
+        },
+    )
+
+    prompt_json: dict[str, Any] | None = None
+    template: Literal["static", "vite"] | None = None
+    files: list[FileIn] | None = None
+    deletions: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        None, max_length=2000
+    )
+    install: str | None = Field(None, max_length=4000)
+    build: str | None = Field(None, max_length=4000)
+    start: str | None = Field(None, max_length=4000)
+    port: int | None = Field(None, ge=1024, le=65535)
+
+    @field_validator("prompt_json")
+    @classmethod
+    def _prompt_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else bounded_json(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> UpdateSource:
+        if (self.prompt_json is None) == (self.files is None and self.deletions is None):
+            raise ValueError("give exactly one source: promptJson, or files (and/or deletions)")
+        if self.prompt_json is not None:
+            if any(v is not None for v in (self.install, self.build, self.start, self.port)):
+                raise ValueError("install/build/start/port go with files, not promptJson")
+        elif self.template is not None:
+            raise ValueError("template goes with promptJson")
+        return self
+
+
+class SourceUpdated(Camel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sandboxId": EXAMPLE_SANDBOX_ID,
+                    "version": 3,
+                    "updatedAt": "2025-06-12T09:41:00Z",
+                    "changed": True,
+                    "superseded": False,
+                    "uploaded": ["index.html", "styles.css", "prompt.json"],
+                    "deleted": [],
+                    "rebuilt": False,
+                }
+            ]
+        }
+    )
+
+    sandbox_id: str
+    version: int = Field(description="The version the preview serves now.")
+    updated_at: datetime | None = Field(description="When that version went live.")
+    changed: bool = Field(description="False: the preview already served this source.")
+    superseded: bool = Field(
+        False, description="A newer update of the same preview came meanwhile and won."
+    )
+    uploaded: list[str] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
+    rebuilt: bool = False
+
+
 class Created(Camel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -314,6 +391,10 @@ class PreviewStatus(Camel):
     error: StepError | None
     logs_tail: list[str]
     usage: Usage | None = None
+    version: int = Field(1, description="Which version of its source the preview serves.")
+    updated_at: datetime | None = Field(
+        None, description="When that version went live (None: never updated)."
+    )
 
 
 class HeartbeatOut(Camel):

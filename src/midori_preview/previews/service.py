@@ -19,6 +19,7 @@ from midori_preview.clock import Clock
 from midori_preview.db.idempotency import IdempotencyRepository
 from midori_preview.db.models import Sandbox
 from midori_preview.db.sandboxes import SandboxRepository
+from midori_preview.db.sources import SourceRepository
 from midori_preview.db.usage import UsageRepository
 from midori_preview.errors import SandboxNotRunning
 from midori_preview.events import Event, EventBus
@@ -35,12 +36,15 @@ from midori_preview.previews.schemas import (
     CreatePreview,
     HeartbeatOut,
     PreviewStatus,
+    SourceUpdated,
+    UpdateSource,
     Usage,
 )
 from midori_preview.previews.sources import CredentialSource
 from midori_preview.previews.states import SandboxStatus
 from midori_preview.previews.stops import Stops
 from midori_preview.previews.transitions import Transitions
+from midori_preview.previews.updates import SourceUpdates
 from midori_preview.previews.views import HostView, host_view_of, owned_row, status_of
 from midori_preview.providers.base import (
     ProviderError,
@@ -70,6 +74,7 @@ class PreviewService:
         replica_id: str,
         links: PreviewLinks,
         build_cache: BuildCache | None = None,
+        sources: SourceRepository | None = None,
     ) -> None:
         self.settings = settings
         self.links = links  # the service's own preview links (the gateway serves them)
@@ -114,6 +119,15 @@ class PreviewService:
             clock=clock,
             tz=self.tz,
         )
+        self.updates = SourceUpdates(
+            settings=settings,
+            sandboxes=sandboxes,
+            sources=sources or SourceRepository(sandboxes.db),
+            provider=provider,
+            events=events,
+            quota=quota,
+            clock=clock,
+        )
         self.admission = Admission(
             settings=settings,
             sandboxes=sandboxes,
@@ -128,6 +142,7 @@ class PreviewService:
             provider_name=provider.name,
             replica_id=replica_id,
             slot_lease_seconds=self.slot_lease_seconds,
+            record_source=self.updates.record,
         )
 
     def _pipeline(self, sandboxes: SandboxRepository, cache: BuildCache | None) -> Pipeline:
@@ -189,6 +204,12 @@ class PreviewService:
             rate_per_minute=rate[1] if rate else None,
         )
         return await self.admission.create(user_id, body, key=idempotency_key, terms=terms)
+
+    async def update_source(
+        self, sandbox_id: str, user_id: str, body: UpdateSource
+    ) -> SourceUpdated:
+        """Update the caller's running preview in place (`previews.updates`)."""
+        return await self.updates.update(sandbox_id, user_id, body)
 
     # --- read -------------------------------------------------------------------------------
 

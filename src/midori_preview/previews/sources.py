@@ -93,7 +93,7 @@ def validate_git(url: str, ref: str | None, allowed_prefixes: list[str]) -> GitS
     return GitSource(url, ref)
 
 
-def _decode(path: str, content: str, encoding: str) -> bytes:
+def decode_file(path: str, content: str, encoding: str) -> bytes:
     if encoding == "base64":
         try:
             return base64.b64decode(content, validate=True)
@@ -146,7 +146,7 @@ def plan_for(
             if path in seen:
                 raise ValidationFailed(f"duplicate file path {path!r}", path=path)
             seen.add(path)
-            data = _decode(path, f.content, f.encoding)
+            data = decode_file(path, f.content, f.encoding)
             total += len(data)
             files.append(FileData(path, data))
         if total > max_bytes:

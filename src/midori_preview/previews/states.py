@@ -58,6 +58,9 @@ TRANSITIONS: Mapping[SandboxStatus, frozenset[SandboxStatus]] = {
     S.ERROR: frozenset(),
 }
 
+# The pipeline's steps in the order a build takes them (what a building page shows).
+STEPS: tuple[SandboxStatus, ...] = tuple(_PIPELINE)
+
 TERMINAL: frozenset[SandboxStatus] = frozenset(s for s, nexts in TRANSITIONS.items() if not nexts)
 # Live: the sandbox exists (or is being made) and nobody asked it to stop.
 LIVE: frozenset[SandboxStatus] = frozenset(

@@ -60,6 +60,8 @@ def status_of(row: Sandbox, links: PreviewLinks, usage: Usage | None = None) -> 
         error=error_of(row),
         logs_tail=list(row.logs_tail or []),
         usage=usage,
+        version=row.version or 1,
+        updated_at=row.source_updated_at,
     )
 
 
@@ -77,6 +79,7 @@ class HostView:
     upstream: Upstream | None = field(repr=False)
     error: StepError | None = None
     logs_tail: tuple[str, ...] = ()
+    version: int = 1
 
 
 def host_view_of(row: Sandbox) -> HostView:
@@ -94,6 +97,7 @@ def host_view_of(row: Sandbox) -> HostView:
         upstream=upstream,
         error=error_of(row),
         logs_tail=tuple(row.logs_tail or ()),
+        version=row.version or 1,
     )
 
 

@@ -81,9 +81,11 @@ class QuotaService:
 
     # --- rate limit -----------------------------------------------------------------------
 
-    async def hit_rate_limit(self, user_id: str, *, per_minute: int) -> int:
-        """Count one create; 0 when allowed, else the seconds to wait."""
-        res = await self._rate(keys=[f"{self.prefix}:rate:{user_id}"], args=[per_minute, 60])
+    async def hit_rate_limit(self, user_id: str, *, per_minute: int, bucket: str = "rate") -> int:
+        """Count one request (a create; `bucket` names another limit, e.g. updates); 0 when
+        allowed, else the seconds to wait."""
+        key = f"{self.prefix}:{bucket}:{user_id}"
+        res = await self._rate(keys=[key], args=[per_minute, 60])
         return 0 if int(res[0]) == 1 else int(res[1])
 
     # --- usage mirror ---------------------------------------------------------------------

@@ -260,6 +260,7 @@ async function onRunning() {
   $("open-link").href = status.openUrl;
   $("preview").hidden = false;
   $("stop").disabled = false;
+  $("apply").disabled = false;
   if (NARROW.matches) $("preview").scrollIntoView({ block: "start" });
   setUsage(status.usage);
   c.quotaTimer = setInterval(renderQuota, 1000);
@@ -293,6 +294,7 @@ function finish(status, reason, error) {
   const c = current;
   if (!c || c.finished) return;
   c.finished = true;
+  $("apply").disabled = true;
   clearInterval(c.elapsedTimer);
   clearInterval(c.quotaTimer);
   c.alive?.stop();
@@ -408,6 +410,8 @@ function beginStarting(text) {
     clearInterval(current.quotaTimer);
   }
   clearError();
+  $("apply").disabled = true;
+  $("apply-note").textContent = "";
   $("log").replaceChildren();
   $("frame-box").replaceChildren();
   $("preview").hidden = true;
@@ -441,6 +445,32 @@ client.handleRestarts({
 $("start-form").addEventListener("submit", (event) => {
   event.preventDefault();
   start();
+});
+
+// "Apply changes": the edited promptJson goes into the running preview (same sandbox, same
+// link); the page in the iframe reloads itself when the new version is live.
+$("apply").addEventListener("click", async () => {
+  const c = current;
+  const p = readProject();
+  if (!c || c.finished || !p) return;
+  $("apply").disabled = true;
+  $("apply-note").textContent = "Applying…";
+  const at = performance.now();
+  try {
+    const done = await client.update(c.sandboxId, { promptJson: p });
+    const ms = Math.round(performance.now() - at);
+    $("apply-note").dataset.version = String(done.version);
+    $("apply-note").textContent = done.changed
+      ? `Applied: version ${done.version} (${ms} ms).`
+      : done.superseded
+        ? `A newer change won: version ${done.version}.`
+        : `No changes: still version ${done.version}.`;
+  } catch (err) {
+    $("apply-note").textContent = "";
+    showError(explainError(err));
+  } finally {
+    if (current === c && !c.finished) $("apply").disabled = false;
+  }
 });
 
 $("stop").addEventListener("click", async () => {

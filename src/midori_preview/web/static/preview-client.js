@@ -95,6 +95,20 @@ const API = "/api/preview";
  * @property {{step: string, message: string, exitCode: number | null} | null} error
  * @property {string[]} logsTail
  * @property {Usage | null} usage
+ * @property {number} version Which version of its source the preview serves (1: as created).
+ * @property {string | null} updatedAt When that version went live (null: never updated).
+ */
+
+/**
+ * @typedef {object} SourceUpdated
+ * @property {string} sandboxId
+ * @property {number} version The version the preview serves now.
+ * @property {string | null} updatedAt
+ * @property {boolean} changed False: it already served this source.
+ * @property {boolean} superseded A newer update came meanwhile and won (its version is given).
+ * @property {string[]} uploaded
+ * @property {string[]} deleted
+ * @property {boolean} rebuilt
  */
 
 /**
@@ -170,6 +184,10 @@ export function explainError(err) {
       return { title: "This preview no longer exists.", advice: "Start a new preview." };
     case "sandbox_stopped":
       return { title: stoppedMessage(d.reason), advice: "Start the preview again to keep looking." };
+    case "source_incompatible":
+      return { title: err.message, advice: "Start a new preview with this source." };
+    case "rebuild_failed":
+      return { title: err.message, advice: "Fix the build, then apply the changes again." };
     default:
       return { title: err.message, advice: "Try again; if it keeps failing, tell us." };
   }
@@ -338,6 +356,34 @@ export class PreviewClient {
     const created = await this.request("POST", `${API}/daytona`, { body, headers, signal: options.signal });
     this._sources.set(created.sandboxId, body);
     return created;
+  }
+
+  /**
+   * Update a running preview in place: the same sandbox and links, a new `version`; pages open
+   * on it reload themselves (keeping their scroll position). An identical source is a no-op
+   * (`changed: false`); a preview still building takes it once it runs; of concurrent updates
+   * the newest wins (`superseded: true` on the others, with the version that won). Throws a
+   * {@link PreviewApiError}: 409 `source_incompatible` (another template, port or start command:
+   * `details.differences`), 410 `sandbox_stopped`, 422 `rebuild_failed` (the previous version
+   * stays live), 429 `rate_limited`.
+   * @param {string} sandboxId
+   * @param {{promptJson?: object, template?: "static" | "vite",
+   *   files?: {path: string, content: string, encoding?: "utf-8" | "base64"}[],
+   *   deletions?: string[], install?: string, build?: string, start?: string, port?: number}}
+   *   source The same shapes as a create's source (no `projectId`); `files` only need the
+   *   changed ones.
+   * @param {{signal?: AbortSignal}} [options]
+   * @returns {Promise<SourceUpdated>}
+   */
+  async update(sandboxId, source, options = {}) {
+    const { projectId, replace, git, ...body } = source ?? {};
+    const path = `${API}/daytona/${encodeURIComponent(sandboxId)}/source`;
+    const updated = await this.request("PUT", path, { body, signal: options.signal });
+    const known = this._sources.get(sandboxId);
+    if (known !== undefined && updated.changed && body.promptJson !== undefined) {
+      this._sources.set(sandboxId, { ...known, ...body }); // a restart starts what it shows now
+    }
+    return updated;
   }
 
   /**
