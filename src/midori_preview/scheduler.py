@@ -19,8 +19,10 @@ FLUSH_JOB = "heartbeat-flush"  # the heartbeats written behind (previews/heartbe
 
 
 def github_reconcile_seconds(settings: Settings) -> float | None:
-    """How often GitHub's reconcile runs: beside the reaper, once webhooks are on (else never)."""
-    if not settings.reaper_enabled or settings.github_webhook_secret is None:
+    """How often GitHub's reconcile runs: beside the reaper, once webhooks or the Actions trigger
+    are on (else never)."""
+    github_on = settings.github_webhook_secret is not None or settings.github_actions_token
+    if not settings.reaper_enabled or not github_on:
         return None
     return max(settings.reaper_interval_seconds * 2, 10)
 

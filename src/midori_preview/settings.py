@@ -212,6 +212,15 @@ class Settings(BaseSettings):
         description="Comma-separated owner/name patterns (fnmatch) whose PRs are previewed.",
     )
     github_build_forks: bool = Field(False, description="Also preview pull requests from forks.")
+    github_actions_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the GitHub Actions trigger (the workflow's "
+        "PREVIEW_API_TOKEN secret); unset = the trigger is off.",
+    )
+    github_fork_label: str = Field(
+        "preview",
+        description="Label a maintainer adds to build a fork PR whose author is no collaborator.",
+    )
     github_push_branches: CsvList = Field(
         default_factory=list,
         description="Comma-separated branch patterns whose pushes get a preview (none = off).",
@@ -223,6 +232,14 @@ class Settings(BaseSettings):
         86400, description="Longest life of a PR preview (no idle reaping; closed PRs stop it)."
     )
     github_service_user: str = Field("github", description="User that owns GitHub previews.")
+    github_repo_creates_per_minute: int = Field(
+        30,
+        description="GitHub previews started per repository per minute (their own budget, "
+        "not the service user's CREATE_RATE_PER_MINUTE); more wait their turn.",
+    )
+    github_rate_wait_max_seconds: float = Field(
+        600, description="Longest a GitHub preview waits for its repository's budget."
+    )
     github_webhook_max_bytes: int = Field(
         5 * 1024 * 1024, description="Largest accepted webhook body, in bytes."
     )
@@ -239,6 +256,10 @@ class Settings(BaseSettings):
     )
     github_retry_max_wait_seconds: float = Field(
         30, description="Longest wait before a GitHub retry (longer rate limits fail at once)."
+    )
+    github_secondary_rate_limit_wait_seconds: float = Field(
+        60,
+        description="Wait after a secondary rate limit that names none (doubles while it lasts).",
     )
 
     # --- daytona -----------------------------------------------------------------------------

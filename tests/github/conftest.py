@@ -1,5 +1,5 @@
 """Fixtures of the GitHub tests: the fake GitHub API, bare git repositories standing in for
-github.com (GITHUB_CLONE_BASE_URL=file://…), signed webhook deliveries shaped like GitHub's."""
+github.com (served over git's smart HTTP by the fake), signed deliveries shaped like GitHub's."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -92,11 +93,15 @@ async def deliver(
     raw: bytes | None = None,
     signature: str | None = None,
     secret: str = SECRET,
+    form: bool = False,
 ) -> httpx.Response:
-    """POST a delivery the way GitHub does: exact bytes, HMAC-SHA256 of them in a header."""
+    """POST a delivery the way GitHub does: exact bytes, HMAC-SHA256 of them in a header; with
+    `form`, as GitHub's default content type sends it (`payload=<JSON>`, form-encoded)."""
     body = raw if raw is not None else json.dumps(payload).encode()
+    if form and raw is None:
+        body = urlencode({"payload": json.dumps(payload)}).encode()
     headers = {
-        "Content-Type": "application/json",
+        "Content-Type": "application/x-www-form-urlencoded" if form else "application/json",
         "User-Agent": "GitHub-Hookshot/a1b2c3d",
         "X-GitHub-Event": event,
         "X-GitHub-Delivery": delivery or f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-11ef",
@@ -161,7 +166,7 @@ def gh_settings(
         "github_webhook_secret": SECRET,
         "github_token": fake.token,
         "github_api_url": fake.url,
-        "github_clone_base_url": origin.base_url,
+        "github_clone_base_url": fake.git_base,  # git smart HTTP, as github.com serves it
         "github_repo_allowlist": ["octo-org/*"],
         "github_retry_backoff_seconds": 0.01,
         "github_request_timeout_seconds": 5,

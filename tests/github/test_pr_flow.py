@@ -91,7 +91,7 @@ async def test_opened_synchronize_closed(
         [dep1] = fake_github.deployments.values()
         assert (dep1["ref"], dep1["environment"], dep1["transient_environment"]) == (
             first,
-            "preview",
+            "preview/pr-7",  # one environment per PR
             True,
         )
         assert [s["state"] for s in fake_github.statuses[dep1["id"]]] == ["in_progress", "success"]
@@ -121,6 +121,7 @@ async def test_opened_synchronize_closed(
         [row2] = [r for r in rows.values() if r.id != row1.id]
         assert row2.status == "running"
         dep2 = next(d for d in fake_github.deployments.values() if d["ref"] == second)
+        assert dep2["environment"] == "preview/pr-7"  # the PR's one environment, again
         assert fake_github.statuses[dep1["id"]][-1]["state"] == "inactive"
         assert [s["state"] for s in fake_github.statuses[dep2["id"]]] == ["in_progress", "success"]
 
@@ -203,7 +204,7 @@ async def test_comment_is_found_again_by_its_marker(
     assert len(fake_github.comments_on(REPO, 7)) == 101
     assert fake_github.calls_to("POST", r"/comments$") == []
     assert state_of(fake_github.comments[ours]["body"]) == "ready"
-    pages = {c.query.get("page") for c in fake_github.calls_to("GET", r"/issues/7/comments$")}
+    pages = {c.query.get("page", "1") for c in fake_github.calls_to("GET", r"/issues/7/comments$")}
     assert pages == {"1", "2"}
 
 
@@ -295,7 +296,11 @@ async def test_github_app_auth_uses_cached_installation_tokens(
             await deliver(running.client, "pull_request", pr_payload("opened", sha))
             await settle(running)
         token_calls = fake.calls_to("POST", r"^/app/installations/42424242/access_tokens$")
-        assert len(token_calls) == 1  # the payload's installation; cached for every later call
+        api_tokens = [c for c in token_calls if not c.json]
+        assert len(api_tokens) == 1  # the payload's installation; cached for every later call
+        # The clone's own token is scoped to the one repository, read-only (asked per clone).
+        [clone] = [c for c in token_calls if c.json]
+        assert clone.json == {"repositories": ["site"], "permissions": {"contents": "read"}}
         api = [c for c in fake.calls if not c.path.startswith("/app/")]
         assert len(api) >= 5
         assert all(c.authorization and c.authorization[7:] in fake.installation_tokens for c in api)
@@ -357,7 +362,10 @@ async def test_github_failures_never_stop_the_preview(
         assert row.status == "running"
         assert fake_github.comments == {}  # never a blind create when the lookup failed
         assert len(fake_github.calls_to("GET", r"/issues/7/comments$")) == 2 * 4  # 2 tries x 4
-        assert len(fake_github.calls_to("POST", r"/deployments$")) == 1  # 422: not retried
+        # 422: not retried (nor re-sent by the reconcile job); the next state tries anew.
+        assert len(fake_github.calls_to("POST", r"/deployments$")) == 2
+        [dep] = fake_github.deployments.values()
+        assert fake_github.statuses[dep["id"]][-1]["state"] == "success"
         link = running.services.github.review_link(Target.pull(REPO, 7))
         assert "works anyway" in await page_behind(running, link)
 

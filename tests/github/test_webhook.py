@@ -216,6 +216,7 @@ async def test_forks_only_with_build_forks(
     settings = gh_settings(
         tmp_path / "again", backend, fake_github, origin, github_build_forks=True
     )
+    fake_github.collaborators.add(("octo-org/site", "mona"))  # the PR's author (see test_forks)
     async with gh_app(settings) as running:
         res = await deliver(running.client, "pull_request", payload)
         assert res.json()["outcome"] == "accepted"
@@ -395,6 +396,7 @@ async def test_push_to_a_configured_branch_is_previewed(
         assert row.status == "running" and row.project_id == "gh:octo-org:site:branch:main"
         [deployment] = fake_github.deployments.values()
         assert deployment["ref"] == sha and deployment["transient_environment"] is True
+        assert deployment["environment"] == "preview/main"  # one environment per branch
         states = [s["state"] for s in fake_github.statuses[deployment["id"]]]
         assert states == ["in_progress", "success"]
         link = fake_github.statuses[deployment["id"]][-1]["environment_url"]

@@ -21,15 +21,34 @@ class GitHubRepository:
     async def record_delivery(
         self, delivery_id: str, event: str, action: str | None, now: datetime
     ) -> bool:
-        """True for the first sighting of this delivery id; False for a redelivery or a
-        concurrent duplicate (exactly one caller gets True)."""
+        """True for the first sighting of this delivery id, or for a redelivery of one whose
+        work failed (claimed back); False for any other redelivery or a concurrent duplicate
+        (exactly one caller gets True)."""
         async with self.db.writes() as s, s.begin():
             result = await s.execute(
                 dialect_insert(s, GitHubDelivery)
                 .values(delivery_id=delivery_id, event=event, action=action, received_at=now)
                 .on_conflict_do_nothing()
             )
-            return rows_changed(result) > 0
+            if rows_changed(result) > 0:
+                return True
+            again = await s.execute(
+                update(GitHubDelivery)
+                .where(
+                    GitHubDelivery.delivery_id == delivery_id, GitHubDelivery.outcome == "failed"
+                )
+                .values(outcome=None, received_at=now)
+            )
+            return rows_changed(again) > 0
+
+    async def finish_delivery(self, delivery_id: str, outcome: str) -> None:
+        """Record how a delivery's work ended: `done` or `failed` (then a redelivery runs)."""
+        async with self.db.writes() as s, s.begin():
+            await s.execute(
+                update(GitHubDelivery)
+                .where(GitHubDelivery.delivery_id == delivery_id)
+                .values(outcome=outcome)
+            )
 
     async def prune_deliveries(self, before: datetime) -> int:
         async with self.db.writes() as s, s.begin():
@@ -48,6 +67,20 @@ class GitHubRepository:
             rows = await s.scalars(
                 select(GitHubPreview)
                 .where(GitHubPreview.state.in_(("building", "ready")))
+                .order_by(GitHubPreview.updated_at)
+                .limit(limit)
+            )
+            return list(rows)
+
+    async def unsynced(self, limit: int = 500) -> list[GitHubPreview]:
+        """Mappings whose comment or deployment state GitHub does not have yet (bounded)."""
+        async with self.db.writes() as s:
+            rows = await s.scalars(
+                select(GitHubPreview)
+                .where(
+                    (GitHubPreview.comment_synced.is_(False))
+                    | (GitHubPreview.deploy_synced.is_(False))
+                )
                 .order_by(GitHubPreview.updated_at)
                 .limit(limit)
             )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     func,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -189,6 +190,9 @@ class GitHubDelivery(Base):
     event: Mapped[str] = mapped_column(String(64))
     action: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime]
+    # None while its work runs (or it asked for none), `done`, or `failed`: a manual redelivery
+    # of a failed delivery runs again, of any other is a no-op.
+    outcome: Mapped[str | None] = mapped_column(String(16), default=None)
 
     __table_args__ = (Index("ix_github_deliveries_received_at", "received_at"),)
 
@@ -213,6 +217,13 @@ class GitHubPreview(Base):
     event_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # What GitHub should show, kept until it does (the reconcile job re-sends what is unsynced).
+    comment_body: Mapped[str | None] = mapped_column(Text, default=None)
+    comment_synced: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    deploy_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    deploy_description: Mapped[str | None] = mapped_column(String(140), default=None)
+    deploy_url: Mapped[str | None] = mapped_column(Text, default=None)
+    deploy_synced: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     __table_args__ = (Index("ix_github_previews_sandbox_id", "sandbox_id"),)
 

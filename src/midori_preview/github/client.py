@@ -6,76 +6,45 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import jwt
 
-from midori_preview.errors import ServiceError
+from midori_preview.github.answers import (
+    GitHubAuthFailed,
+    GitHubError,
+    GitHubNotConfigured,
+    GitHubNotFound,
+    GitHubRateLimited,
+    GitHubRejected,
+    GitHubUnavailable,
+    classify,
+    parse_time,
+    retry_hint,
+)
 from midori_preview.logging import get_logger
 from midori_preview.retry import RetryPolicy
 
 log = get_logger(__name__)
+__all__ = [
+    "AppCredentials",
+    "GitHubAuthFailed",
+    "GitHubClient",
+    "GitHubError",
+    "GitHubNotConfigured",
+    "GitHubNotFound",
+    "GitHubRateLimited",
+    "GitHubRejected",
+    "GitHubUnavailable",
+]
 
 API_VERSION = "2022-11-28"
 PER_PAGE = 100
 MAX_PAGES = 50
-
-
-# --- errors -----------------------------------------------------------------------------------
-
-
-class GitHubError(ServiceError):
-    """Base of GitHub failures: `code` is ours and safe to show; never GitHub's own text."""
-
-    code = "github_error"
-    retryable = False
-
-    def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-
-
-class GitHubUnavailable(GitHubError):
-    """GitHub did not answer, or answered 5xx, past the retry budget."""
-
-    code = "github_unavailable"
-    retryable = True
-
-
-class GitHubRateLimited(GitHubUnavailable):
-    """GitHub's rate limit (429, or 403 with rate-limit headers)."""
-
-    code = "github_rate_limited"
-
-
-class GitHubRejected(GitHubError):
-    """A 4xx answer: retrying will not help."""
-
-    code = "github_rejected"
-
-
-class GitHubNotFound(GitHubRejected):
-    code = "github_not_found"
-
-
-class GitHubAuthFailed(GitHubRejected):
-    """401, or 403 without rate-limit headers: the credentials lack access."""
-
-    code = "github_auth_failed"
-
-
-class GitHubNotConfigured(GitHubError):
-    """No GITHUB_TOKEN and no GitHub App configured (or no installation for the call)."""
-
-    code = "github_not_configured"
 
 
 # --- auth -------------------------------------------------------------------------------------
@@ -94,47 +63,6 @@ class _CachedToken:
     expires_at: float  # epoch seconds
 
 
-def _retry_after(res: httpx.Response) -> float | None:
-    value = res.headers.get("retry-after")
-    if value is not None:
-        try:
-            return max(float(value), 0.0)
-        except ValueError:
-            return None
-    if res.headers.get("x-ratelimit-remaining") == "0":
-        reset = res.headers.get("x-ratelimit-reset")
-        if reset is not None and reset.isdigit():
-            return max(float(reset) - time.time(), 0.0)
-    return None
-
-
-def _retry_hint(exc: BaseException) -> float | None:
-    """GitHub's own wait (Retry-After / X-RateLimit-Reset), read when the answer was classified."""
-    return exc.retry_after if isinstance(exc, GitHubError) else None
-
-
-def classify(res: httpx.Response, what: str) -> GitHubError:
-    """Our error for a non-2xx answer (GitHub's body is not passed on)."""
-    status = res.status_code
-    limited = status == 429 or (
-        status == 403
-        and (res.headers.get("x-ratelimit-remaining") == "0" or "retry-after" in res.headers)
-    )
-    if limited:
-        return GitHubRateLimited(
-            f"GitHub rate limit hit ({what})", status=status, retry_after=_retry_after(res)
-        )
-    if status >= 500:
-        return GitHubUnavailable(
-            f"GitHub answered {status} ({what})", status=status, retry_after=_retry_after(res)
-        )
-    if status in (401, 403):
-        return GitHubAuthFailed(f"GitHub refused the credentials ({what})", status=status)
-    if status == 404:
-        return GitHubNotFound(f"not found on GitHub ({what})", status=status)
-    return GitHubRejected(f"GitHub rejected the request ({what}, {status})", status=status)
-
-
 class GitHubClient:
     """One per process (built in the app's lifespan). Every method names the installation it
     acts for when App auth is used; with a token, `installation_id` is ignored."""
@@ -149,12 +77,16 @@ class GitHubClient:
         attempts: int = 4,
         backoff: float = 1.0,
         max_wait: float = 30.0,
+        secondary_wait: float = 60.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self._token = token
         self._app = app
         self.max_wait = max_wait
+        self.secondary_wait = secondary_wait
+        self._strikes = 0  # rate limits in a row: a secondary limit's wait doubles each time
+        self._paused_until = 0.0  # epoch seconds: no call is sent before (GitHub asked us)
         self._retry = RetryPolicy(
             attempts=max(attempts, 1), initial_backoff_seconds=backoff, max_backoff_seconds=max_wait
         )
@@ -166,6 +98,10 @@ class GitHubClient:
     @property
     def configured(self) -> bool:
         return self._token is not None or self._app is not None
+
+    @property
+    def app_id(self) -> int | None:
+        return self._app.app_id if self._app is not None else None
 
     @property
     def uses_app(self) -> bool:
@@ -193,7 +129,7 @@ class GitHubClient:
         params: dict[str, Any] | None = None,
         what: str,
     ) -> httpx.Response:
-        retrying = self._retry.retrying(retry_if=self._should_retry, retry_after=_retry_hint)
+        retrying = self._retry.retrying(retry_if=self._should_retry, retry_after=retry_hint)
         async for attempt in retrying:
             with attempt:
                 return await self._once(method, path, bearer, json, params, what)
@@ -208,6 +144,9 @@ class GitHubClient:
         params: dict[str, Any] | None,
         what: str,
     ) -> httpx.Response:
+        paused = self._paused_until - time.time()
+        if paused > 0:  # GitHub asked for quiet: sending now would only extend the limit
+            raise GitHubRateLimited(f"GitHub rate limit hit ({what})", retry_after=paused)
         headers = {
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
@@ -226,9 +165,21 @@ class GitHubClient:
             raise GitHubUnavailable(f"GitHub is unreachable ({what})") from None
         log.debug("github.request", method=method, what=what, status=res.status_code)
         if res.is_success:
+            self._strikes = 0
             return res
-        err = classify(res, what)
-        log.warning("github.error", method=method, what=what, status=res.status_code, code=err.code)
+        wait = self.secondary_wait * 2.0 ** min(self._strikes, 6)
+        err = classify(res, what, secondary_wait=wait)
+        if isinstance(err, GitHubRateLimited) and err.retry_after is not None:
+            self._strikes += 1
+            self._paused_until = max(self._paused_until, time.time() + err.retry_after)
+        log.warning(
+            "github.error",
+            method=method,
+            what=what,
+            status=res.status_code,
+            code=err.code,
+            retry_after=err.retry_after,
+        )
         raise err
 
     async def request(
@@ -282,10 +233,33 @@ class GitHubClient:
             token = body.get("token")
             if not isinstance(token, str) or not token:
                 raise GitHubUnavailable("GitHub answered without an installation token")
-            expires = _parse_time(body.get("expires_at")) or time.time() + 3000
+            expires = parse_time(body.get("expires_at")) or time.time() + 3000
             self._installation_tokens[inst] = _CachedToken(token, expires)
             log.info("github.installation_token", installation_id=inst)
             return token
+
+    async def clone_token(self, repo: str, installation_id: int | None) -> str:
+        """A token that may read `repo`'s git contents: GITHUB_TOKEN, or an installation token
+        scoped to that one repository with `contents: read` (fetched per clone, never cached:
+        it ends with the clone's use, and the cached broad token is never handed to git)."""
+        if self._token is not None:
+            return self._token
+        if self._app is None:
+            raise GitHubNotConfigured("GitHub is not configured (GITHUB_TOKEN or App).")
+        inst = installation_id or self._app.installation_id
+        if inst is None:
+            raise GitHubNotConfigured("No GitHub App installation to act for.")
+        res = await self._send(
+            "POST",
+            f"/app/installations/{inst}/access_tokens",
+            bearer=self._app_jwt(),
+            json={"repositories": [repo.partition("/")[2]], "permissions": {"contents": "read"}},
+            what="clone token",
+        )
+        token = res.json().get("token")
+        if not isinstance(token, str) or not token:
+            raise GitHubUnavailable("GitHub answered without an installation token")
+        return token
 
     async def org_installation(self, org: str) -> int:
         """The App's installation id on an organization (App auth)."""
@@ -299,29 +273,72 @@ class GitHubClient:
             raise GitHubUnavailable("GitHub answered without an installation id")
         return inst
 
+    async def pull_request(
+        self, repo: str, number: int, *, installation_id: int | None
+    ) -> dict[str, Any]:
+        """The pull request as `GET /repos/{repo}/pulls/{number}` returns it."""
+        pr = await self.request(
+            "GET",
+            f"/repos/{_repo(repo)}/pulls/{number}",
+            installation_id=installation_id,
+            what="pull request",
+        )
+        if not isinstance(pr, dict):
+            raise GitHubUnavailable("GitHub answered without a pull request")
+        return pr
+
+    async def is_collaborator(self, repo: str, login: str, *, installation_id: int | None) -> bool:
+        """Whether `login` collaborates on `repo` (204) or not (404)."""
+        try:
+            await self.request(
+                "GET",
+                f"/repos/{_repo(repo)}/collaborators/{_seg(login)}",
+                installation_id=installation_id,
+                what="collaborator",
+            )
+        except GitHubNotFound:
+            return False
+        return True
+
     # --- comments ---------------------------------------------------------------------------
 
     async def find_comment(
-        self, repo: str, number: int, marker: str, *, installation_id: int | None
+        self,
+        repo: str,
+        number: int,
+        marker: str,
+        *,
+        own: Callable[[dict[str, Any]], Awaitable[bool]],
+        installation_id: int | None,
     ) -> int | None:
-        """Id of the first comment on the issue/PR whose body carries `marker`."""
-        for page in range(1, MAX_PAGES + 1):
-            items = await self.request(
-                "GET",
-                f"/repos/{_repo(repo)}/issues/{number}/comments",
-                params={"per_page": PER_PAGE, "page": page},
-                installation_id=installation_id,
-                what="list comments",
-            )
-            if not isinstance(items, list):
+        """Id of the first comment on the issue/PR whose body carries `marker` and that `own`
+        says we wrote (anyone can paste the marker). Pages follow GitHub's `Link` header."""
+        path: str | None = f"/repos/{_repo(repo)}/issues/{number}/comments"
+        params: dict[str, Any] | None = {"per_page": PER_PAGE}
+        for _ in range(MAX_PAGES):
+            if path is None:
                 return None
+            items, path = await self._page(path, params, installation_id, "list comments")
+            params = None  # the next link carries them
             for item in items:
-                if isinstance(item, dict) and marker in str(item.get("body") or ""):
+                if marker in str(item.get("body") or "") and await own(item):
                     found = item.get("id")
                     return found if isinstance(found, int) else None
-            if len(items) < PER_PAGE:
-                return None
         return None
+
+    async def _page(
+        self, path: str, params: dict[str, Any] | None, installation_id: int | None, what: str
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a list: its objects and the path of the next page (`Link: rel="next"`,
+        followed only on GitHub's own API host)."""
+        bearer = await self.access_token(installation_id)
+        res = await self._send("GET", path, bearer=bearer, params=params, what=what)
+        body = res.json() if res.content else None
+        items = [i for i in body if isinstance(i, dict)] if isinstance(body, list) else []
+        nxt = res.links.get("next", {}).get("url")
+        if not isinstance(nxt, str) or not nxt.startswith(self.api_url + "/"):
+            return items, None
+        return items, nxt.removeprefix(self.api_url)
 
     async def create_comment(
         self, repo: str, number: int, body: str, *, installation_id: int | None
@@ -349,14 +366,20 @@ class GitHubClient:
     # --- deployments ------------------------------------------------------------------------
 
     async def create_deployment(
-        self, repo: str, sha: str, *, description: str, installation_id: int | None
+        self,
+        repo: str,
+        sha: str,
+        *,
+        environment: str,
+        description: str,
+        installation_id: int | None,
     ) -> int:
         res = await self.request(
             "POST",
             f"/repos/{_repo(repo)}/deployments",
             json={
                 "ref": sha,
-                "environment": "preview",
+                "environment": environment,
                 "transient_environment": True,
                 "production_environment": False,
                 "auto_merge": False,
@@ -424,12 +447,3 @@ def _seg(value: str) -> str:
 def _repo(full_name: str) -> str:
     owner, _, name = full_name.partition("/")
     return f"{_seg(owner)}/{_seg(name)}"
-
-
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

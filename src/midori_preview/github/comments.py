@@ -12,7 +12,7 @@ TAIL_LINES = 15
 
 @dataclass(frozen=True, slots=True)
 class CommentState:
-    state: str  # building | ready | failed | stopped | closed
+    state: str  # waiting | building | ready | failed | stopped | closed
     sha: str
     link: str | None = None
     step: str | None = None
@@ -35,7 +35,13 @@ def _clean(text: str) -> str:
 def render(c: CommentState) -> str:
     short = c.sha[:7]
     lines = [MARKER, "### Midori preview", ""]
-    if c.state == "building":
+    if c.state == "waiting":
+        label = _clean(c.message or "preview")
+        lines.append(
+            f"⏸️ `{short}` comes from a fork: its preview is built once a maintainer adds the "
+            f"`{label}` label to this pull request."
+        )
+    elif c.state == "building":
         lines.append(f"⏳ Building a preview of `{short}`…")
     elif c.state == "ready":
         lines.append(f"✅ Preview of `{short}` is ready: **[Open the preview]({c.link})**")

@@ -24,6 +24,7 @@ class Policy:
     allowlist: list[str]
     build_forks: bool
     push_branches: list[str]
+    fork_label: str = "preview"  # a maintainer's go-ahead for a stranger's fork PR
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,9 @@ class Build:
     ref: str  # head branch, for people
     installation_id: int | None
     event_at: datetime | None
+    fork: bool = False  # from a repository other than the base: its author may be a stranger
+    author: str | None = None  # the PR's author (login)
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +140,9 @@ def _base_repo(payload: dict[str, Any], policy: Policy) -> str | Ignore:
 
 def _pull_request(payload: dict[str, Any], policy: Policy) -> Decision:
     action = payload.get("action")
-    if action not in BUILD_ACTIONS and action != "closed":
+    if action not in BUILD_ACTIONS and action not in ("closed", "labeled"):
+        return Ignore("action")
+    if action == "labeled" and _dict(payload.get("label")).get("name") != policy.fork_label:
         return Ignore("action")
     repo = _base_repo(payload, policy)
     if isinstance(repo, Ignore):
@@ -162,7 +168,23 @@ def _pull_request(payload: dict[str, Any], policy: Policy) -> Decision:
     fork = bool(head_repo.get("fork")) or source.lower() != repo.lower()
     if fork and not policy.build_forks:
         return Ignore("fork")
-    return Build(target, source, sha, ref, _installation(payload), event_at)
+    if action == "labeled" and not fork:
+        return Ignore("action")  # the label gates forks only
+    author = _dict(pr.get("user")).get("login")
+    labels = tuple(
+        str(label.get("name")) for label in pr.get("labels") or [] if isinstance(label, dict)
+    )
+    return Build(
+        target,
+        source,
+        sha,
+        ref,
+        _installation(payload),
+        event_at,
+        fork=fork,
+        author=author if isinstance(author, str) and OWNER.fullmatch(author) else None,
+        labels=labels,
+    )
 
 
 def _push(payload: dict[str, Any], policy: Policy) -> Decision:

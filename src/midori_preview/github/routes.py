@@ -3,12 +3,15 @@ GitHub service, shape the answer."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from midori_preview.deps import GitHubDep, User
@@ -20,6 +23,7 @@ from midori_preview.errors import (
     error_response,
     invalid_request,
 )
+from midori_preview.github.actions import ActionsTrigger
 from midori_preview.github.errors import WebhookRejected
 from midori_preview.github.schemas import RepoCreated, RepoCreateIn, WebhookReceipt
 from midori_preview.github.signature import signature_ok
@@ -48,6 +52,28 @@ WEBHOOK_EXAMPLE = {
     "repository": {"full_name": "octo-org/site"},
     "installation": {"id": 41234567},
 }
+
+
+def _payload(body: bytes, content_type: str) -> dict[str, Any]:
+    """The delivery's JSON: the body itself (`application/json`), or its `payload` field
+    (`application/x-www-form-urlencoded`, GitHub's default content type for a hook)."""
+    raw: bytes | str = body
+    if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        try:
+            fields = parse_qs(body.decode("ascii"), strict_parsing=True, max_num_fields=4)
+        except (ValueError, UnicodeDecodeError):
+            raise WebhookRejected("The form body is not valid.") from None
+        values = fields.get("payload", [])
+        if len(values) != 1:
+            raise WebhookRejected("The form body has no single `payload` field.")
+        raw = values[0]
+    try:
+        payload: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise WebhookRejected("The body is not JSON.") from None
+    if not isinstance(payload, dict):
+        raise WebhookRejected("The body is not a JSON object.")
+    return payload
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
@@ -99,12 +125,21 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "description": "GitHub's JSON delivery, exactly as sent (its HMAC is checked).",
+            "description": "GitHub's delivery, exactly as sent (its HMAC is checked): JSON, or "
+            "the form GitHub sends by default (`payload=<JSON>`).",
             "content": {
                 "application/json": {
                     "schema": {"type": "object", "additionalProperties": True},
                     "example": WEBHOOK_EXAMPLE,
-                }
+                },
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"payload": {"type": "string"}},
+                        "required": ["payload"],
+                    },
+                    "example": {"payload": json.dumps(WEBHOOK_EXAMPLE)},
+                },
             },
         }
     },
@@ -115,9 +150,18 @@ async def github_webhook(
     x_github_event: Annotated[str | None, Header()] = None,
     x_github_delivery: Annotated[str | None, Header()] = None,
     x_hub_signature_256: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    """GitHub webhook (`pull_request`, `push`). The HMAC of the raw body is checked before
-    anything else is read from it; each delivery id acts once; the work runs in the background."""
+    """GitHub webhook (`pull_request`, `push`), JSON or form-encoded. The HMAC of the raw body is
+    checked before anything else is read from it; each delivery id acts once (a redelivery of
+    one whose work failed runs again); the work runs in the background.
+
+    Also the GitHub Actions trigger: `Authorization: Bearer <GITHUB_ACTIONS_TOKEN>` and
+    `{"repo": "owner/name", "prNumber": 7}` (no signature headers); the pull request is read from
+    the API and handled exactly like its webhook event, closing included."""
+    token = svc.actions_token
+    if token is not None and authorization and not x_hub_signature_256 and not x_github_event:
+        return await _actions_trigger(request, svc, token, authorization)
     secret = svc.webhook_secret
     if secret is None:
         raise StarletteHTTPException(404, "Not Found")
@@ -128,13 +172,24 @@ async def github_webhook(
         raise WebhookRejected("Missing or invalid X-GitHub-Delivery.")
     if not x_github_event or not EVENT.fullmatch(x_github_event):
         raise WebhookRejected("Missing or invalid X-GitHub-Event.")
-    try:
-        payload: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise WebhookRejected("The body is not JSON.") from None
-    if not isinstance(payload, dict):
-        raise WebhookRejected("The body is not a JSON object.")
+    payload = _payload(body, request.headers.get("content-type", ""))
     receipt = await svc.receive(x_github_delivery, x_github_event, payload)
+    out = WebhookReceipt(outcome=receipt.outcome, reason=receipt.reason)
+    return JSONResponse(out.model_dump(mode="json", by_alias=True), status_code=202)
+
+
+async def _actions_trigger(
+    request: Request, svc: GitHubDep, token: bytes, authorization: str
+) -> JSONResponse:
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+        raise Unauthorized("Missing or invalid bearer token.")
+    body = await _read_capped(request, svc.settings.github_webhook_max_bytes)
+    try:  # curl -d sends JSON as a form: the body is read as JSON whatever its content type
+        trigger = ActionsTrigger.model_validate_json(body)
+    except ValidationError:
+        raise WebhookRejected('The body is not {"repo": "owner/name", "prNumber": n}.') from None
+    receipt = await svc.trigger(trigger.repo, trigger.pr_number)
     out = WebhookReceipt(outcome=receipt.outcome, reason=receipt.reason)
     return JSONResponse(out.model_dump(mode="json", by_alias=True), status_code=202)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -30,7 +30,7 @@ from midori_preview.logging import get_logger
 from midori_preview.previews.builds import Builds
 from midori_preview.previews.heartbeats import Heartbeats
 from midori_preview.previews.schemas import Created, CreatePreview
-from midori_preview.previews.sources import BuildPlan, digest_of, plan_for
+from midori_preview.previews.sources import BuildPlan, CredentialSource, digest_of, plan_for
 from midori_preview.previews.states import SandboxStatus
 from midori_preview.previews.stops import Stops
 from midori_preview.previews.transitions import Transitions
@@ -56,6 +56,9 @@ class Terms:
     ttl_seconds: int | None = None  # None: MAX_SANDBOX_TTL_SECONDS
     check_daily_quota: bool = True
     extra_git_prefixes: Sequence[str] = ()  # besides GIT_ALLOWED_URL_PREFIXES
+    git_credentials: CredentialSource | None = None  # a private repository's clone credentials
+    rate_key: str | None = None  # whose create rate this counts against (default: the user's)
+    rate_per_minute: int | None = None  # None: CREATE_RATE_PER_MINUTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,8 @@ class Admission:
             max_files=s.max_files,
             max_bytes=s.max_request_bytes,
         )
+        if terms.git_credentials is not None and plan.git is not None:
+            plan = replace(plan, git=replace(plan.git, credentials=terms.git_credentials))
         request_hash = digest_of(
             {"projectId": body.project_id, "replace": body.replace, "source": plan.digest}
         )
@@ -161,7 +166,11 @@ class Admission:
     async def _within_limits(self, req: _Request) -> None:
         """The create rate limit and the daily cap (429s)."""
         s = self.settings
-        wait = await self.quota.hit_rate_limit(req.user_id, per_minute=s.create_rate_per_minute)
+        terms = req.terms
+        wait = await self.quota.hit_rate_limit(
+            terms.rate_key or req.user_id,
+            per_minute=terms.rate_per_minute or s.create_rate_per_minute,
+        )
         if wait:
             raise RateLimited(
                 f"Too many previews started; try again in {wait} s.",

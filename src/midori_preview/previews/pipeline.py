@@ -241,8 +241,13 @@ class Pipeline:
         cmds = _Commands(plan.install, plan.build, plan.start, plan.port)
         if plan.git is not None:
             b.commands += 1
+            creds = await plan.git.credentials() if plan.git.credentials is not None else None
             await self.provider.clone(
-                b.sandbox, plan.git.url, plan.git.ref, timeout=self.settings.clone_timeout
+                b.sandbox,
+                plan.git.url,
+                plan.git.ref,
+                timeout=self.settings.clone_timeout,
+                credentials=creds,
             )
             if cmds.start is not None:
                 return cmds, False

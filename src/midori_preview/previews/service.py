@@ -42,6 +42,7 @@ from midori_preview.previews.schemas import (
     UpdateSource,
     Usage,
 )
+from midori_preview.previews.sources import CredentialSource
 from midori_preview.previews.states import SandboxStatus
 from midori_preview.previews.stops import Stops
 from midori_preview.previews.transitions import Transitions
@@ -201,11 +202,24 @@ class PreviewService:
         ttl_seconds: int | None = None,
         check_daily_quota: bool = True,
         extra_git_prefixes: Sequence[str] = (),
+        git_credentials: CredentialSource | None = None,
+        rate: tuple[str, int] | None = None,
     ) -> tuple[int, Created]:
         """Admit a preview and start its build in the background: (HTTP status, answer).
         `extra_git_prefixes`: git URL prefixes this caller may clone from besides
-        GIT_ALLOWED_URL_PREFIXES (the GitHub integration's own clone base)."""
-        terms = Terms(kind, concurrency_limit, ttl_seconds, check_daily_quota, extra_git_prefixes)
+        GIT_ALLOWED_URL_PREFIXES (the GitHub integration's own clone base);
+        `git_credentials`: asked for the clone's credentials right before it (private repos);
+        `rate`: (key, per minute) of a create budget of its own instead of the user's."""
+        terms = Terms(
+            kind,
+            concurrency_limit,
+            ttl_seconds,
+            check_daily_quota,
+            extra_git_prefixes,
+            git_credentials,
+            rate_key=rate[0] if rate else None,
+            rate_per_minute=rate[1] if rate else None,
+        )
         return await self.admission.create(user_id, body, key=idempotency_key, terms=terms)
 
     async def update_source(

@@ -9,13 +9,14 @@ import binascii
 import hashlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from midori_preview.errors import PayloadTooLarge, ValidationFailed
 from midori_preview.previews.schemas import CreatePreview
-from midori_preview.providers.base import FileData
+from midori_preview.providers.base import FileData, GitCredentials
 from midori_preview.providers.commands import STATIC_SERVER, static_server
 from midori_preview.templates import PROMPT_FILE, prompt_file_bytes, render_template
 
@@ -23,10 +24,15 @@ DEFAULT_PORT = 3000
 SAFE_REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,255}(?<!\.lock)(?<!/)$")
 
 
+# Asked right before the clone (tokens expire); what it answers is used once, never stored.
+CredentialSource = Callable[[], Awaitable[GitCredentials | None]]
+
+
 @dataclass(frozen=True, slots=True)
 class GitSource:
     url: str
     ref: str | None
+    credentials: CredentialSource | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
