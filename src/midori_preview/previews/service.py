@@ -84,7 +84,7 @@ class PreviewService:
         self.list_lag_seconds = (
             settings.daytona_list_lag_seconds if provider.name == "daytona" else 0.0
         )
-        self.deletes = Deletes(
+        self.deletes = Deletes(  # provider deletes nothing forgets (the reaper drains them)
             repo=pending_deletes or PendingDeleteRepository(sandboxes.db),
             provider=provider,
             clock=clock,
@@ -105,13 +105,7 @@ class PreviewService:
             settings.idle_timeout_seconds + 2 * settings.reaper_interval_seconds + 60
         )
         self.transitions = Transitions(sandboxes=sandboxes, events=events, clock=clock)
-        charger = Charger(
-            settings=settings,
-            usage=usage,
-            quota=quota,
-            tz=self.tz,
-            slot_lease_seconds=self.slot_lease_seconds,
-        )
+        charger = self._charger(usage)
         self.builds = Builds(
             pipeline=self._pipeline(sandboxes, build_cache),
             deployment=settings.preview_deployment,
@@ -144,19 +138,33 @@ class PreviewService:
             quota=quota,
             clock=clock,
         )
-        self.admission = Admission(
-            settings=settings,
+        self.admission = self._admission(sandboxes, idempotency)
+
+    def _charger(self, usage: UsageRepository) -> Charger:
+        return Charger(
+            settings=self.settings,
+            usage=usage,
+            quota=self.quota,
+            tz=self.tz,
+            slot_lease_seconds=self.slot_lease_seconds,
+        )
+
+    def _admission(
+        self, sandboxes: SandboxRepository, idempotency: IdempotencyRepository
+    ) -> Admission:
+        return Admission(
+            settings=self.settings,
             sandboxes=sandboxes,
             idempotency=idempotency,
-            quota=quota,
+            quota=self.quota,
             transitions=self.transitions,
             heartbeats=self.heartbeats,
             stops=self.stops,
             builds=self.builds,
-            clock=clock,
+            clock=self.clock,
             tz=self.tz,
-            provider_name=provider.name,
-            replica_id=replica_id,
+            provider_name=self.provider.name,
+            replica_id=self.replica_id,
             slot_lease_seconds=self.slot_lease_seconds,
             record_source=self.updates.record,
         )
