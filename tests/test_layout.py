@@ -103,3 +103,38 @@ def test_no_function_is_longer_than_80_lines() -> None:
         and node.end_lineno - node.lineno + 1 > 80
     ]
     assert found == []
+
+
+def test_sandbox_states_are_spelled_in_few_modules() -> None:
+    """A state's name as a string literal (not an envelope's `"error"` key, not an error code)
+    appears only in the state table, the provider port's own states and GitHub's preview states."""
+    from midori_preview.previews.states import SandboxStatus
+
+    names = {s.value for s in SandboxStatus}
+    found: set[str] = set()
+    for name, tree in modules():
+        keys = (
+            {id(key) for node in ast.walk(tree) if isinstance(node, ast.Dict) for key in node.keys}
+            | {id(node.slice) for node in ast.walk(tree) if isinstance(node, ast.Subscript)}
+            | {  # an error class's `code` is an error code, not a state
+                id(node.value)
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "code" for t in node.targets)
+            }
+        )
+        if any(
+            isinstance(node, ast.Constant) and node.value in names and id(node) not in keys
+            for node in ast.walk(tree)
+        ):
+            found.add(name)
+    assert len(found) <= 3, sorted(found)
+
+
+def test_no_module_is_longer_than_450_lines() -> None:
+    found = [
+        f"{path.relative_to(SRC).as_posix()} ({n} lines)"
+        for path in sorted(SRC.rglob("*.py"))
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 450
+    ]
+    assert found == []

@@ -10,6 +10,7 @@ from sqlalchemy import delete, select, update
 
 from midori_preview.db.database import Database, dialect_insert, rows_changed
 from midori_preview.db.models import GitHubDelivery, GitHubPreview
+from midori_preview.github.states import ACTIVE
 
 UNSET: Any = object()
 
@@ -66,7 +67,7 @@ class GitHubRepository:
         async with self.db.writes() as s:
             rows = await s.scalars(
                 select(GitHubPreview)
-                .where(GitHubPreview.state.in_(("building", "ready")))
+                .where(GitHubPreview.state.in_(ACTIVE))
                 .order_by(GitHubPreview.updated_at)
                 .limit(limit)
             )

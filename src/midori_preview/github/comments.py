@@ -6,13 +6,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from midori_preview.github.states import GitHubState
+
 MARKER = "<!-- midori-preview:pr-preview -->"
 TAIL_LINES = 15
 
 
 @dataclass(frozen=True, slots=True)
 class CommentState:
-    state: str  # waiting | building | ready | failed | stopped | closed
+    state: GitHubState
     sha: str
     link: str | None = None
     step: str | None = None
@@ -35,15 +37,15 @@ def _clean(text: str) -> str:
 def render(c: CommentState) -> str:
     short = c.sha[:7]
     lines = [MARKER, "### Midori preview", ""]
-    if c.state == "waiting":
+    if c.state == GitHubState.WAITING:
         label = _clean(c.message or "preview")
         lines.append(
             f"⏸️ `{short}` comes from a fork: its preview is built once a maintainer adds the "
             f"`{label}` label to this pull request."
         )
-    elif c.state == "building":
+    elif c.state == GitHubState.BUILDING:
         lines.append(f"⏳ Building a preview of `{short}`…")
-    elif c.state == "ready":
+    elif c.state == GitHubState.READY:
         lines.append(f"✅ Preview of `{short}` is ready: **[Open the preview]({c.link})**")
         lines.append("")
         keep = f" (at most {c.ttl_hours:g} h)" if c.ttl_hours else ""
@@ -51,7 +53,7 @@ def render(c: CommentState) -> str:
             f"The link stays valid while this pull request is open{keep}; each visit opens a "
             "fresh, short-lived preview session. New commits rebuild it."
         )
-    elif c.state == "failed":
+    elif c.state == GitHubState.FAILED:
         where = f" at step `{_clean(c.step)}`" if c.step else ""
         code = f" (exit code {c.exit_code})" if c.exit_code is not None else ""
         lines.append(f"❌ The preview of `{short}` failed{where}{code}.")
@@ -61,7 +63,7 @@ def render(c: CommentState) -> str:
             lines += ["", "<details><summary>Last log lines</summary>", "", _fence(c.logs), "",
                       "</details>"]  # fmt: skip
         lines += ["", "Push a new commit to try again."]
-    elif c.state == "stopped":
+    elif c.state == GitHubState.STOPPED:
         why = f" ({_clean(c.message)})" if c.message else ""
         lines.append(
             f"⏹️ The preview of `{short}` was stopped{why}. Push a new commit to rebuild it."

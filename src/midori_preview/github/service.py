@@ -47,6 +47,7 @@ from midori_preview.github.payloads import (
     valid_full_name,
 )
 from midori_preview.github.signature import LinkSigner, derive_key
+from midori_preview.github.states import GitHubState
 from midori_preview.github.watch import SandboxWatch
 from midori_preview.github.work import PreviewWork
 from midori_preview.logging import get_logger
@@ -303,11 +304,11 @@ class GitHubService:
         row = await self.store.get(*found)
         if row is None:
             raise ReviewLinkNotFound("No such preview link.")
-        if row.state == "closed":
+        if row.state == GitHubState.CLOSED:
             raise PreviewClosed("The pull request was closed; this preview is gone.")
-        if row.state == "failed":
+        if row.state == GitHubState.FAILED:
             raise PreviewFailed(f"The preview of {row.head_sha[:7]} failed to build.")
-        if row.sandbox_id is None or row.state == "stopped":
+        if row.sandbox_id is None or row.state == GitHubState.STOPPED:
             raise PreviewGone("This preview was stopped; push a commit to rebuild it.")
         try:
             return await self.previews.fresh_open_url(
@@ -316,11 +317,11 @@ class GitHubService:
         except (SandboxNotRunning, SandboxNotFound):
             pass
         status = await self.watch.settled(row.sandbox_id)
-        if status is None and row.state == "building":
+        if status is None and row.state == GitHubState.BUILDING:
             raise PreviewBuilding(
                 "The preview is still being built; try again in a moment.",
                 headers={"Retry-After": "5"},
             )
-        if status is not None and status.status == S.ERROR and row.state == "building":
+        if status is not None and status.status == S.ERROR and row.state == GitHubState.BUILDING:
             raise PreviewFailed(f"The preview of {row.head_sha[:7]} failed to build.")
         raise PreviewGone("This preview was stopped; push a commit to rebuild it.")

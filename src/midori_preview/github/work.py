@@ -25,6 +25,7 @@ from midori_preview.github.comments import CommentState
 from midori_preview.github.notify import Notifier
 from midori_preview.github.order import EventOrder
 from midori_preview.github.payloads import Build, Close, Target
+from midori_preview.github.states import ACTIVE, GitHubState
 from midori_preview.github.watch import SandboxWatch
 from midori_preview.logging import get_logger
 from midori_preview.previews.schemas import CreatePreview, GitIn, PreviewStatus
@@ -132,7 +133,7 @@ class PreviewWork:
             if (
                 row is not None
                 and row.head_sha == d.sha
-                and row.state in ("building", "ready")
+                and row.state in ACTIVE
                 and await self.watch.live(row.sandbox_id)
             ):
                 log.info("github.already_previewed", repo=t.repo, target=t.key, sha=d.sha)
@@ -169,14 +170,14 @@ class PreviewWork:
     async def _hold(self, d: Build, old: GitHubPreview | None) -> None:
         """A stranger's fork PR: nothing is built; the comment says what a maintainer can do."""
         t = d.target
-        row = await self._save_build(d, old, None, None, state="waiting")
+        row = await self._save_build(d, old, None, None, state=GitHubState.WAITING)
         if old is not None and old.sandbox_id is not None:
             await self.watch.stop(old.sandbox_id, "replaced")
         if old is not None and old.deployment_id is not None:
             await self.notify.status(t.repo, old.deployment_id, "inactive", row.installation_id,
                                      "Waiting for a maintainer")  # fmt: skip
         label = self.settings.github_fork_label
-        await self.notify.comment(row, CommentState("waiting", d.sha, message=label))
+        await self.notify.comment(row, CommentState(GitHubState.WAITING, d.sha, message=label))
         log.info("github.fork_waits", repo=t.repo, target=t.key, sha=d.sha)
 
     async def _save_build(
@@ -195,7 +196,7 @@ class PreviewWork:
             target=t.key,
             pr_number=t.pr_number,
             branch=t.branch,
-            state=state or ("building" if sandbox_id else "failed"),
+            state=state or (GitHubState.BUILDING if sandbox_id else GitHubState.FAILED),
             sandbox_id=sandbox_id,
             head_sha=d.sha,
             comment_id=old.comment_id if old is not None else None,
@@ -228,7 +229,9 @@ class PreviewWork:
         t = d.target
         inst = row.installation_id
         building = row.sandbox_id is not None
-        comment = CommentState("building", d.sha) if building else _refused(d.sha, failure)
+        comment = (
+            CommentState(GitHubState.BUILDING, d.sha) if building else _refused(d.sha, failure)
+        )
         await self.notify.comment(row, comment)
         if old_deployment is not None:
             await self.notify.status(t.repo, old_deployment, "inactive", inst, "Replaced")
@@ -311,22 +314,25 @@ class PreviewWork:
             if row is None or row.sandbox_id != sandbox_id:
                 return  # a newer commit took over
             if not (
-                row.state == "building" or (row.state == "ready" and status.status != S.RUNNING)
+                row.state == GitHubState.BUILDING
+                or (row.state == GitHubState.READY and status.status != S.RUNNING)
             ):
                 return  # already told (or closed)
             if status.status == S.RUNNING:
                 await self._ready(target, row)
-            elif status.status == S.ERROR and row.state == "building":
+            elif status.status == S.ERROR and row.state == GitHubState.BUILDING:
                 await self._failed(target, row, status)
             else:  # stopped (expired, by an admin …) or lost after it was ready
                 await self._stopped(target, row, status)
 
     async def _ready(self, target: Target, row: GitHubPreview) -> None:
         link = self.review_link(target)
-        await self.store.update(target.repo, target.key, state="ready", updated_at=self.clock.now())
+        await self.store.update(
+            target.repo, target.key, state=GitHubState.READY, updated_at=self.clock.now()
+        )
         ttl_hours = self.settings.github_preview_ttl_seconds / 3600
         await self.notify.comment(
-            row, CommentState("ready", row.head_sha, link=link, ttl_hours=ttl_hours)
+            row, CommentState(GitHubState.READY, row.head_sha, link=link, ttl_hours=ttl_hours)
         )
         await self.notify.deploy(row, "success", "Ready", link)
         log.info("github.preview_ready", repo=target.repo, target=target.key)
@@ -337,14 +343,14 @@ class PreviewWork:
         await self.store.update(
             target.repo,
             target.key,
-            state="failed",
+            state=GitHubState.FAILED,
             detail=f"{step}: {err.message}" if err else None,
             updated_at=self.clock.now(),
         )
         await self.notify.comment(
             row,
             CommentState(
-                "failed",
+                GitHubState.FAILED,
                 row.head_sha,
                 step=step,
                 message=err.message if err else None,
@@ -359,11 +365,13 @@ class PreviewWork:
         await self.store.update(
             target.repo,
             target.key,
-            state="stopped",
+            state=GitHubState.STOPPED,
             detail=status.reason,
             updated_at=self.clock.now(),
         )
-        await self.notify.comment(row, CommentState("stopped", row.head_sha, message=status.reason))
+        await self.notify.comment(
+            row, CommentState(GitHubState.STOPPED, row.head_sha, message=status.reason)
+        )
         await self.notify.deploy(row, "inactive", "Stopped")
         log.info("github.preview_stopped", repo=target.repo, target=target.key)
 
@@ -383,7 +391,7 @@ class PreviewWork:
                 if row is None or (row.comment_synced and row.deploy_synced):
                     continue
                 if not row.comment_synced:
-                    await self.notify.send_comment(row, create=row.state != "closed")
+                    await self.notify.send_comment(row, create=row.state != GitHubState.CLOSED)
                 await self.notify.send_deploy(row)
                 done += 1
         return done
@@ -394,7 +402,7 @@ class PreviewWork:
             if row.sandbox_id is None:
                 continue
             settled = await self.watch.settled(row.sandbox_id)
-            if settled is None or (row.state == "ready" and settled.status == S.RUNNING):
+            if settled is None or (row.state == GitHubState.READY and settled.status == S.RUNNING):
                 continue
             target = Target(row.repo, row.target, row.pr_number, row.branch)
             await self.settle(target, row.sandbox_id, settled)
@@ -407,7 +415,7 @@ class PreviewWork:
         t = d.target
         async with self.locked(t):
             row = await self.store.get(t.repo, t.key)
-            if row is None or row.state == "closed":
+            if row is None or row.state == GitHubState.CLOSED:
                 return
             if _stale(row, d.event_at):
                 log.info("github.event_stale", repo=t.repo, target=t.key)
@@ -415,13 +423,15 @@ class PreviewWork:
             await self.store.update(
                 t.repo,
                 t.key,
-                state="closed",
+                state=GitHubState.CLOSED,
                 event_at=_latest(d.event_at, row.event_at),
                 updated_at=self.clock.now(),
             )
             if row.sandbox_id is not None:
                 await self.watch.stop(row.sandbox_id, d.reason)
-            await self.notify.comment(row, CommentState("closed", row.head_sha), create=False)
+            await self.notify.comment(
+                row, CommentState(GitHubState.CLOSED, row.head_sha), create=False
+            )
             await self.notify.deploy(row, "inactive", "Closed")
             log.info("github.preview_closed", repo=t.repo, target=t.key, reason=d.reason)
 
@@ -437,4 +447,4 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
 
 
 def _refused(sha: str, failure: str | None) -> CommentState:
-    return CommentState("failed", sha, step="admission", message=failure)
+    return CommentState(GitHubState.FAILED, sha, step="admission", message=failure)

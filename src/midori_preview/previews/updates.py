@@ -246,7 +246,9 @@ class SourceUpdates:
         )
         if not moved:
             raise SandboxStopped(
-                "This preview stopped during the update.", sandboxId=row.id, reason="stopped"
+                "This preview stopped during the update.",
+                sandboxId=row.id,
+                reason=SandboxStatus.STOPPED,
             )
         version = row.version + 1
         await self._announce(row.id, version, now, plan)
