@@ -23,6 +23,7 @@ from midori_preview.errors import (
 from midori_preview.github.errors import WebhookRejected
 from midori_preview.github.schemas import RepoCreated, RepoCreateIn, WebhookReceipt
 from midori_preview.github.signature import signature_ok
+from midori_preview.observability.metrics import record_delivery
 from midori_preview.previews.schemas import EXAMPLE_SANDBOX_ID
 
 router = APIRouter(tags=["github"])
@@ -135,6 +136,7 @@ async def github_webhook(
     if not isinstance(payload, dict):
         raise WebhookRejected("The body is not a JSON object.")
     receipt = await svc.receive(x_github_delivery, x_github_event, payload)
+    record_delivery(x_github_event, receipt.outcome)
     out = WebhookReceipt(outcome=receipt.outcome, reason=receipt.reason)
     return JSONResponse(out.model_dump(mode="json", by_alias=True), status_code=202)
 

@@ -27,6 +27,7 @@ from midori_preview.errors import (
     RateLimited,
 )
 from midori_preview.logging import get_logger
+from midori_preview.observability.metrics import record_created
 from midori_preview.previews.builds import Builds
 from midori_preview.previews.heartbeats import Heartbeats
 from midori_preview.previews.schemas import Created, CreatePreview
@@ -126,6 +127,7 @@ class Admission:
             raise QuotaUnavailable("Quota store unreachable; previews cannot start now.") from exc
         await self.transitions.created(row.id)
         log.info("sandbox.requested", sandbox_id=row.id, user_id=user_id, source=plan.source_kind)
+        record_created(row.kind, plan.source_kind)
         self.builds.start(row, plan)
         return 202, self._created(row)
 
