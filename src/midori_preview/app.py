@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from midori_preview.body_guard import BodyGuardMiddleware
+from midori_preview.body_guard import install as install_body_guard
 from midori_preview.bootstrap import build_services
 from midori_preview.clock import Clock, SystemClock
 from midori_preview.github.routes import router as github_router
@@ -59,6 +61,7 @@ def create_app(
         dependencies=[Depends(bind_request_sandbox)],  # the sandbox id on the request's logs
     )
     install_error_handlers(app)
+    install_body_guard(app)
     app.include_router(admin_router)
     app.include_router(previews_router)
     app.include_router(github_router)
@@ -80,7 +83,11 @@ def create_app(
             ],
             expose_headers=["location", "retry-after"],
         )
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes + 1024 * 1024)
+    limit = settings.max_request_bytes + 1024 * 1024
+    app.add_middleware(
+        BodyGuardMiddleware, limit=limit, timeout=settings.request_body_timeout_seconds
+    )
+    app.add_middleware(BodyLimitMiddleware, limit=limit)
     app.add_middleware(PreviewHostMiddleware, fastapi=app)
     app.add_middleware(RequestContextMiddleware)  # outermost: request id, latency
     return app
