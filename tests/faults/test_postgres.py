@@ -201,3 +201,29 @@ async def test_postgres_down_answers_503_and_loses_nothing(
             assert await running.services.quota.slot_holders("dave") == []
     finally:
         await pg.destroy()
+
+
+def test_a_server_refusing_connections_is_unavailable_not_a_crash() -> None:
+    """ "too many clients" (SQLSTATE 53300), "shutting down" (57P01): 503; a constraint
+    violation stays a bug (500)."""
+    import asyncpg
+    import asyncpg.exceptions as pg
+    import sqlalchemy.exc as sa
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
+
+    from midori_preview.db.errors import unavailable
+
+    dbapi = AsyncAdapt_asyncpg_dbapi(asyncpg)
+
+    def wrapped(cause: Exception) -> sa.DBAPIError:
+        try:
+            try:
+                raise cause
+            except Exception as exc:
+                raise dbapi.Error(str(cause)) from exc
+        except Exception as outer:
+            return sa.DBAPIError.instance("SELECT 1", {}, outer, dbapi.Error)
+
+    assert unavailable(wrapped(pg.TooManyConnectionsError("too many clients")))
+    assert unavailable(wrapped(pg.AdminShutdownError("terminating connection")))
+    assert not unavailable(wrapped(pg.UniqueViolationError("duplicate key")))

@@ -56,15 +56,33 @@ async def test_never_more_than_the_limit_live(
             await builds_settle(app.service)
         storming.set()
         await sampler
-        codes = Counter(r.status_code for r in answers)
-        assert set(codes) <= {202, 409}, codes
+        codes = Counter(
+            f"{r.status_code} {r.json()['error']['code']}"
+            if r.status_code >= 400
+            else r.status_code
+            for r in answers
+        )
+        # Full scale on one loaded machine, a user's creates may wait past the admission lock's
+        # 15 s and answer 503 quota_unavailable (retryable, nothing taken): counted, never in
+        # the suite's small run.
+        waited = codes.pop("503 quota_unavailable", 0)
+        assert set(codes) <= {202, "409 concurrency_limit"}, codes
+        assert waited == 0 or USERS * CREATES >= 200, waited
         made = {r.json()["sandboxId"] for r in answers if r.status_code == 202}
+        assert {r.id for r in await repo.active_rows(limit=10_000)} == made  # each row a 202
         assert len(made) == codes[202]
         assert max(most.values()) <= LIMIT, most
         assert samples > 0
         askers = [u for u in users for _ in range(CREATES)]
         per_user = Counter(u for r, u in zip(answers, askers, strict=True) if r.status_code == 202)
-        assert all(n == LIMIT for n in per_user.values()), per_user  # each got its 2, no more
+        refused = {u for r, u in zip(answers, askers, strict=True) if r.status_code == 503}
+        failed = Counter(r.user_id for r in await repo.active_rows(limit=10_000)
+                         if r.status == "error")  # fmt: skip
+        # Each user got its 2 (or fewer if refused as busy) — plus one more for each of its
+        # builds that failed (the failure frees the slot), never more.
+        off = {u: n for u, n in per_user.items()
+               if n > LIMIT + failed[u] or (n < LIMIT and u not in refused)}  # fmt: skip
+        assert off == {}, (off, failed)
 
         for u in users:
             for row in await repo.live_for_user(u):
@@ -73,5 +91,6 @@ async def test_never_more_than_the_limit_live(
             assert await repo.live_for_user(u) == []
             assert await quota.slot_holders(u) == [], u  # no slot leaked
         print(f"\n{USERS} users x {CREATES} concurrent creates on {REPLICAS} replicas: "
-              f"{dict(codes)}, most live at once {max(most.values())}, "
+              f"{dict(codes)}, 503 quota_unavailable {waited}, "
+              f"most live at once {max(most.values())}, "
               f"{samples} samples")  # fmt: skip
