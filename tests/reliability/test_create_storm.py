@@ -62,10 +62,12 @@ async def test_never_more_than_the_limit_live(
             else r.status_code
             for r in answers
         )
-        # Full scale on one loaded machine, a user's creates may wait past the admission lock's
-        # 15 s and answer 503 quota_unavailable (retryable, nothing taken): counted, never in
-        # the suite's small run.
-        waited = codes.pop("503 quota_unavailable", 0)
+        # Full scale on one loaded machine (one event loop for every replica, a Postgres shared
+        # with other work), a create may wait past the admission lock's 15 s (503
+        # quota_unavailable) or find the server out of connections (503 database_unavailable):
+        # retryable, nothing taken. Counted; never in the suite's small run.
+        busy = [k for k in codes if isinstance(k, str) and k.startswith("503 ")]
+        waited = sum(codes.pop(k) for k in busy)
         assert set(codes) <= {202, "409 concurrency_limit"}, codes
         assert waited == 0 or USERS * CREATES >= 200, waited
         made = {r.json()["sandboxId"] for r in answers if r.status_code == 202}
@@ -91,6 +93,6 @@ async def test_never_more_than_the_limit_live(
             assert await repo.live_for_user(u) == []
             assert await quota.slot_holders(u) == [], u  # no slot leaked
         print(f"\n{USERS} users x {CREATES} concurrent creates on {REPLICAS} replicas: "
-              f"{dict(codes)}, 503 quota_unavailable {waited}, "
+              f"{dict(codes)}, 503 (busy) {waited} {busy}, "
               f"most live at once {max(most.values())}, "
               f"{samples} samples")  # fmt: skip
