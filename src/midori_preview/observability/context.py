@@ -79,6 +79,7 @@ class RequestContextMiddleware:
                 await self.app(scope, receive, send)
         finally:
             if scope["type"] == "http":
+                # "other": no API route (preview hosts, unknown paths): never a raw path
                 route = getattr(scope.get("route"), "path", None) or "other"
                 HTTP_REQUESTS.labels(scope["method"], route, str(status["code"] or 500)).observe(
                     WALL.monotonic() - started

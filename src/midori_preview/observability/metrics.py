@@ -217,7 +217,7 @@ def _fold(totals: dict[str, dict[str, float]], sample: Any) -> None:
         add("providerErrors", labels["kind"])
     elif name == f"{NS}_http_request_duration_seconds_count":
         add("requests", "count")
-        if labels["status"].startswith("5"):
+        if labels["status"].startswith("5") and labels["route"] != "other":  # API, not previews
             add("requests", "5xx")
     elif name == f"{NS}_http_request_duration_seconds_sum":
         add("requests", "sum")

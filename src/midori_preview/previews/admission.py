@@ -212,7 +212,12 @@ class Admission:
                 user_id, sandbox_id, limit=limit, lease_seconds=lease
             )
             # Postgres is the truth: Redis may have lost slots (flush, failover) or kept some.
-            live = await self.sandboxes.live_for_user(user_id)
+            try:
+                live = await self.sandboxes.live_for_user(user_id)
+            except BaseException:  # the database failed us: give back what was just taken
+                if slot.granted:
+                    await self.quota.release_slot(user_id, sandbox_id)
+                raise
             live_ids = {r.id for r in live}
             if slot.granted:
                 if len(live) < limit:
