@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from midori_preview.body_guard import BodyGuardMiddleware
+from midori_preview.body_guard import install as install_body_guard
 from midori_preview.bootstrap import build_services
 from midori_preview.clock import Clock, SystemClock
 from midori_preview.github.routes import router as github_router
@@ -17,6 +19,8 @@ from midori_preview.handlers import install_error_handlers
 from midori_preview.health_routes import router as health_router
 from midori_preview.logging import configure_logging
 from midori_preview.middleware import BodyLimitMiddleware, PreviewHostMiddleware
+from midori_preview.observability.context import RequestContextMiddleware, bind_request_sandbox
+from midori_preview.observability.routes import router as observability_router
 from midori_preview.previews.admin_routes import router as admin_router
 from midori_preview.previews.routes import router as previews_router
 from midori_preview.providers.base import SandboxProvider
@@ -54,13 +58,16 @@ def create_app(
         version="0.1.0",
         description="Live, private previews of Midori projects in isolated sandboxes.",
         lifespan=lifespan,
+        dependencies=[Depends(bind_request_sandbox)],  # the sandbox id on the request's logs
     )
     install_error_handlers(app)
+    install_body_guard(app)
     app.include_router(admin_router)
     app.include_router(previews_router)
     app.include_router(github_router)
     mount_web(app)
     app.include_router(health_router)
+    app.include_router(observability_router)
     if settings.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -76,6 +83,11 @@ def create_app(
             ],
             expose_headers=["location", "retry-after"],
         )
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes + 1024 * 1024)
+    limit = settings.max_request_bytes + 1024 * 1024
+    app.add_middleware(
+        BodyGuardMiddleware, limit=limit, timeout=settings.request_body_timeout_seconds
+    )
+    app.add_middleware(BodyLimitMiddleware, limit=limit)
     app.add_middleware(PreviewHostMiddleware, fastapi=app)
+    app.add_middleware(RequestContextMiddleware)  # outermost: request id, latency
     return app

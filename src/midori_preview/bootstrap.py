@@ -25,6 +25,7 @@ from midori_preview.gateway.labels import PreviewLinks
 from midori_preview.github.service import GitHubService
 from midori_preview.kv import make_redis
 from midori_preview.logging import get_logger
+from midori_preview.observability.provider import instrumented
 from midori_preview.previews.admin import AdminService
 from midori_preview.previews.build_cache import BuildCache
 from midori_preview.previews.reaper import Reaper
@@ -98,7 +99,7 @@ async def build_services(
     prefix = f"mp:{settings.preview_deployment}"
     quota = QuotaService(kv, prefix=prefix)
     events = EventBus(kv, prefix=prefix, ttl_seconds=settings.state_retention_seconds)
-    prov = provider if provider is not None else build_provider(settings, clock)
+    prov = instrumented(provider if provider is not None else build_provider(settings, clock))
     replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     links = build_links(settings, prov.name)
     previews = build_previews(settings, db, quota, events, prov, clock, replica, links)

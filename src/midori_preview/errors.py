@@ -134,6 +134,14 @@ class QuotaUnavailable(PreviewError):
     status = 503
 
 
+class DatabaseUnavailable(PreviewError):
+    """The database dropped or refused the connection: retry shortly (nothing was half done:
+    every write is one transaction)."""
+
+    code = "database_unavailable"
+    status = 503
+
+
 # --- OpenAPI ------------------------------------------------------------------------------------
 
 

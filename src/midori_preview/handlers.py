@@ -11,8 +11,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from midori_preview.errors import ServiceError, error_body, validation_error_body
+from midori_preview.db.errors import DATABASE_ERRORS, unavailable
+from midori_preview.errors import (
+    DatabaseUnavailable,
+    ServiceError,
+    error_body,
+    validation_error_body,
+)
 from midori_preview.logging import get_logger
+from midori_preview.observability.metrics import record_error
 
 log = get_logger(__name__)
 
@@ -41,6 +48,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        record_error(exc.code)
         return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -60,6 +68,16 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(code, str(exc.detail), exc.status_code)
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        if not unavailable(exc):
+            return await unhandled(request, exc)
+        log.warning("database.unavailable", path=request.url.path, error=type(exc).__name__)
+        err = DatabaseUnavailable("The database is unreachable right now; retry shortly.")
+        return JSONResponse(err.body(), status_code=503, headers={"Retry-After": "1"})
+
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, database_error)
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:

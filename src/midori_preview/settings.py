@@ -130,6 +130,9 @@ class Settings(BaseSettings):
         20 * 1024 * 1024, description="Largest accepted create body, in bytes."
     )
     max_files: int = Field(2000, description="Most files in one `files` source.")
+    request_body_timeout_seconds: float = Field(
+        30, description="A request body not fully received within this many seconds is a 408."
+    )
 
     # --- sources -----------------------------------------------------------------------------
     git_allowed_url_prefixes: CsvList = Field(

@@ -108,6 +108,12 @@ async def test_admin_page_lists_sandboxes_charts_usage_and_cleans_up(
         for user, sandbox_id in ids.items():
             body = await live.status(sandbox_id, user)
             assert (body["status"], body["reason"]) == ("stopped", "idle")
+        # The service figures (the headline of /metrics) follow: the idle stops are counted.
+        figures = page.locator("#figures div")
+        await expect(figures.filter(has_text="Stops by reason").locator("dd")).to_contain_text(
+            "idle"
+        )
+        await expect(figures.filter(has_text="Requests").locator("dd")).not_to_have_text("0")
         await shot(page, "admin-2-after-cleanup")
 
         # Pause and resume the reaper.

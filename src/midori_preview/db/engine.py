@@ -30,9 +30,13 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             cur.close()
 
         return engine
-    # No pre-ping (a round trip per checkout on every request): connections are recycled, and
-    # a dead one fails one request, which the pool then replaces.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=20, pool_recycle=1800)
+    # Pre-ping: a connection the server dropped (restart, failover, pg_terminate_backend) is
+    # replaced at checkout instead of failing a request; it costs one short round trip per
+    # checkout. A connection dropped mid-query still fails its request: 503, never 500
+    # (`db/errors.py`), and SQLAlchemy then invalidates the whole pool.
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=20, pool_recycle=1800, pool_pre_ping=True
+    )
 
 
 def alembic_config(url: str) -> Config:

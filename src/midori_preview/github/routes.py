@@ -27,6 +27,7 @@ from midori_preview.github.actions import ActionsTrigger
 from midori_preview.github.errors import WebhookRejected
 from midori_preview.github.schemas import RepoCreated, RepoCreateIn, WebhookReceipt
 from midori_preview.github.signature import signature_ok
+from midori_preview.observability.metrics import record_delivery
 from midori_preview.previews.schemas import EXAMPLE_SANDBOX_ID
 
 router = APIRouter(tags=["github"])
@@ -174,6 +175,7 @@ async def github_webhook(
         raise WebhookRejected("Missing or invalid X-GitHub-Event.")
     payload = _payload(body, request.headers.get("content-type", ""))
     receipt = await svc.receive(x_github_delivery, x_github_event, payload)
+    record_delivery(x_github_event, receipt.outcome)
     out = WebhookReceipt(outcome=receipt.outcome, reason=receipt.reason)
     return JSONResponse(out.model_dump(mode="json", by_alias=True), status_code=202)
 

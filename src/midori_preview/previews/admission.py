@@ -27,6 +27,7 @@ from midori_preview.errors import (
     RateLimited,
 )
 from midori_preview.logging import get_logger
+from midori_preview.observability.metrics import record_created
 from midori_preview.previews.builds import Builds
 from midori_preview.previews.heartbeats import Heartbeats
 from midori_preview.previews.schemas import Created, CreatePreview
@@ -135,6 +136,7 @@ class Admission:
         if self.record_source is not None:
             await self.record_source(row.id, plan)
         log.info("sandbox.requested", sandbox_id=row.id, user_id=user_id, source=plan.source_kind)
+        record_created(row.kind, plan.source_kind)
         self.builds.start(row, plan)
         return 202, self._created(row)
 
@@ -223,7 +225,12 @@ class Admission:
                 user_id, sandbox_id, limit=limit, lease_seconds=lease
             )
             # Postgres is the truth: Redis may have lost slots (flush, failover) or kept some.
-            live = await self.sandboxes.live_for_user(user_id)
+            try:
+                live = await self.sandboxes.live_for_user(user_id)
+            except BaseException:  # the database failed us: give back what was just taken
+                if slot.granted:
+                    await self.quota.release_slot(user_id, sandbox_id)
+                raise
             live_ids = {r.id for r in live}
             if slot.granted:
                 if len(live) < limit:

@@ -14,6 +14,7 @@ from midori_preview.db.models import Sandbox
 from midori_preview.db.sandboxes import BeatSegment, SandboxRepository
 from midori_preview.errors import DailyQuotaExhaustedGone, SandboxNotFound, SandboxStopped
 from midori_preview.logging import get_logger
+from midori_preview.observability.metrics import record_charged
 from midori_preview.previews.charging import Charger
 from midori_preview.previews.schemas import HeartbeatOut, Usage
 from midori_preview.previews.states import LIVE, SandboxStatus
@@ -176,6 +177,7 @@ class Heartbeats:
             except BaseException:
                 await self.charger.refund(row.user_id, charge)
                 raise
+            record_charged(charge.seconds if charged else 0)
             if not charged:  # a concurrent heartbeat charged this time already
                 await self.charger.refund(row.user_id, charge)
                 today = day_of(now, self.tz)

@@ -21,6 +21,7 @@ from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.errors import ServiceError, ValidationFailed
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
+from midori_preview.observability.metrics import record_ready
 from midori_preview.previews import build_cache
 from midori_preview.previews.build_cache import BuildCache
 from midori_preview.previews.deletes import Deletes
@@ -71,6 +72,7 @@ class _Build:
     handle: ProviderSandbox | None = None
     unsettled: bool = False  # a create call in flight: it may leave a sandbox we never saw
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL))
+    started: float = 0.0  # the clock's monotonic time when the build began
 
     @property
     def sandbox(self) -> ProviderSandbox:
@@ -160,7 +162,7 @@ class Pipeline:
 
     async def run(self, sandbox_id: str, spec: SandboxSpec, plan: BuildPlan) -> None:
         """Build the sandbox to `running`, or end it in `error` with nothing left behind."""
-        b = _Build(sandbox_id, plan)
+        b = _Build(sandbox_id, plan, started=self.clock.monotonic())
         renewer = asyncio.create_task(self._renew_lease(sandbox_id))
         try:
             await self._steps(b, spec)
@@ -233,6 +235,7 @@ class Pipeline:
             lease_expires_at=None,
         )  # fmt: skip
         log.info("sandbox.running", sandbox_id=b.sandbox_id, port=port)
+        record_ready(b.plan.template, self.provider.name, self.clock.monotonic() - b.started)
 
     async def _source(self, b: _Build) -> tuple[_Commands, bool]:
         """Put the project into the sandbox (clone, or one bulk upload — of a cached build when

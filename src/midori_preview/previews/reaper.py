@@ -26,6 +26,7 @@ from midori_preview.db.usage import UsageRepository
 from midori_preview.errors import QuotaUnavailable
 from midori_preview.events import EventBus
 from midori_preview.logging import get_logger
+from midori_preview.observability.metrics import record_reaper
 from midori_preview.previews.service import PreviewService
 from midori_preview.previews.states import LIVE
 from midori_preview.quota.service import QuotaService
@@ -146,6 +147,7 @@ class Reaper:
             counts["heartbeatsFlushed"] = flushed["links"]
         counts["durationMs"] = round((self.clock.monotonic() - started) * 1000, 1)
         log.info("cleanup.pass", **counts)
+        record_reaper("pass", counts)
         state = await self.last_run()
         state.update({"lastRunAt": self.clock.now().isoformat(), "lastRun": counts})
         await self.service_state.set(STATE_KEY, state, self.clock.now())
@@ -323,6 +325,7 @@ class Reaper:
         state["lastSync"] = dict(counts)
         await self.service_state.set(STATE_KEY, state, now)
         log.info("cleanup.sync", **counts)
+        record_reaper("sync", counts)
         return dict(counts)
 
     async def rebuild_redis(self) -> dict[str, int]:

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from midori_preview.errors import PayloadTooLarge, ValidationFailed
-from midori_preview.previews.schemas import CreatePreview
+from midori_preview.previews.schemas import CreatePreview, FileIn
 from midori_preview.providers.base import FileData, GitCredentials
 from midori_preview.providers.commands import STATIC_SERVER, static_server
 from midori_preview.templates import PROMPT_FILE, prompt_file_bytes, render_template
@@ -56,8 +56,10 @@ class BuildPlan:
 def validate_path(path: str) -> str:
     """A relative path that stays inside the workspace, or a 422 naming it."""
     problem = None
-    if not path or len(path) > 1024:
+    if not path or len(path.encode("utf-8", "surrogatepass")) > 1024:
         problem = "empty or too long"
+    elif any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in path.split("/")):
+        problem = "has a name longer than 255 bytes"
     elif "\x00" in path:
         problem = "contains NUL"
     elif "\\" in path:
@@ -136,21 +138,7 @@ def plan_for(
         )
     port = body.port or DEFAULT_PORT
     if body.files is not None:
-        if len(body.files) > max_files:
-            raise PayloadTooLarge(f"at most {max_files} files per preview")
-        seen: set[str] = set()
-        files: list[FileData] = []
-        total = 0
-        for f in body.files:
-            path = validate_path(f.path)
-            if path in seen:
-                raise ValidationFailed(f"duplicate file path {path!r}", path=path)
-            seen.add(path)
-            data = decode_file(path, f.content, f.encoding)
-            total += len(data)
-            files.append(FileData(path, data))
-        if total > max_bytes:
-            raise PayloadTooLarge(f"files add up to more than {max_bytes} bytes")
+        files = _files_of(body.files, max_files=max_files, max_bytes=max_bytes)
         return BuildPlan(
             source_kind="files",
             files=files,
@@ -183,6 +171,33 @@ DETECT = (
     "elif [ -f index.html ]; then echo '#static'; "
     "elif [ -f package.json ]; then echo '#node'; else echo '#none'; fi"
 )
+
+
+def _files_of(given: list[FileIn], *, max_files: int, max_bytes: int) -> list[FileData]:
+    """A `files` source's files, each path checked (inside the workspace, no duplicates, none
+    under another file) and decoded; bounded in count and size."""
+    if len(given) > max_files:
+        raise PayloadTooLarge(f"at most {max_files} files per preview")
+    seen: set[str] = set()
+    files: list[FileData] = []
+    total = 0
+    for f in given:
+        path = validate_path(f.path)
+        if path in seen:
+            raise ValidationFailed(f"duplicate file path {path!r}", path=path)
+        seen.add(path)
+        data = decode_file(path, f.content, f.encoding)
+        total += len(data)
+        files.append(FileData(path, data))
+    if total > max_bytes:
+        raise PayloadTooLarge(f"files add up to more than {max_bytes} bytes")
+    for path in seen:  # "a" and "a/b": a file cannot also be a directory
+        parts = path.split("/")
+        clash = next(("/".join(parts[:i]) for i in range(1, len(parts))
+                      if "/".join(parts[:i]) in seen), None)  # fmt: skip
+        if clash is not None:
+            raise ValidationFailed(f"file path {path!r} is under the file {clash!r}", path=path)
+    return files
 
 
 def detected_commands(output: list[str]) -> tuple[str | None, str | None, str, int | None]:

@@ -13,6 +13,7 @@ from midori_preview.clock import Clock
 from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.db.usage import LedgerEntry
 from midori_preview.events import EventBus
+from midori_preview.observability.metrics import record_moved
 from midori_preview.previews import states
 from midori_preview.previews.states import SandboxStatus
 
@@ -55,6 +56,7 @@ class Transitions:
             **fields,
         )
         if moved:
+            record_moved(target, fields, announce, entries)
             if before_announce is not None:
                 await before_announce()
             await self.events.publish(sandbox_id, "status", {"status": target, **(announce or {})})

@@ -83,6 +83,33 @@ async function loadStats() {
   ]);
 }
 
+// --- service figures (the headline of /metrics) ---------------------------------------------
+
+function byKey(obj) {
+  const parts = Object.entries(obj ?? {}).map(([k, v]) => `${k} ${v}`);
+  return parts.length ? parts.join(" · ") : "—";
+}
+
+function seconds(value) {
+  return value == null ? "—" : `${value.toFixed(value < 1 ? 3 : 1)} s`;
+}
+
+async function loadFigures() {
+  const m = await client.request("GET", `${API}/admin/metrics`);
+  facts($("figures"), [
+    ["Creates", m.creates],
+    ["Stops by reason", byKey(m.stopsByReason)],
+    ["Quota refusals", byKey(m.quotaRejections)],
+    ["Time to ready (mean)", seconds(m.meanTimeToReadySeconds)],
+    ["Preview time charged", formatDuration(m.usageChargedSeconds)],
+    ["Requests", m.requests],
+    ["Server errors (5xx)", m.serverErrors, m.serverErrors ? "off" : "ok"],
+    ["Request time (mean)", seconds(m.meanRequestSeconds)],
+    ["Provider errors", byKey(m.providerErrors)],
+    ["GitHub deliveries", byKey(m.githubDeliveries)],
+  ]);
+}
+
 async function act(action, button) {
   const out = $("action-result");
   button.disabled = true;
@@ -288,7 +315,7 @@ $("range").addEventListener("change", () => loadUsage().catch(showError));
 
 async function refresh() {
   try {
-    await Promise.all([loadStats(), loadSandboxes()]);
+    await Promise.all([loadStats(), loadSandboxes(), loadFigures()]);
     clearError();
   } catch (err) {
     showError(err);
