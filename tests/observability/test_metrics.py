@@ -52,6 +52,7 @@ async def test_a_previews_life_is_in_the_metrics(
         clock.advance(30)
         assert (await heartbeat(running, sandbox_id)).status_code == 200
         assert (await stop(running, sandbox_id)).status_code == 200
+        await running.service.flush_heartbeats()  # charges are counted as they reach the ledger
         res = await running.client.get("/metrics")
         assert res.status_code == 200
         assert res.headers["content-type"].startswith("text/plain")

@@ -16,6 +16,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
 
+from midori_preview.previews.states import TERMINAL
+
 NS = "midori_preview"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 READY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
@@ -81,7 +83,6 @@ GITHUB_DELIVERIES = Counter(
 QUOTA_CODES = frozenset(
     {"concurrency_limit", "rate_limited", "daily_quota_exhausted", "quota_unavailable"}
 )
-TERMINAL = frozenset({"stopped", "error"})
 
 
 # --- recorders (one line at each call site) ------------------------------------------------

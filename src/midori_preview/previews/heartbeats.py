@@ -130,8 +130,17 @@ class Heartbeats:
             batches = await beats.claim_batches()
             for batch in batches:
                 links = await beats.links(batch)
-                skipped = await self.sandboxes.apply_beats(segments_of(links), self.clock.now())
+                segments = segments_of(links)
+                skipped = await self.sandboxes.apply_beats(segments, self.clock.now())
                 await beats.ack(batch)
+                record_charged(
+                    sum(
+                        e[3]
+                        for seg in segments
+                        if seg.sandbox_id not in skipped
+                        for e in seg.entries
+                    )
+                )
                 counts["batches"] += 1
                 counts["links"] += len(links)
                 counts["skipped"] += len(skipped)
