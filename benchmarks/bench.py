@@ -319,6 +319,44 @@ async def run(runs: int, requests: int, concurrency: int, env: dict[str, str]) -
     return rows
 
 
+async def network_rows(runs: int, env: dict[str, str]) -> list[Row]:
+    """Time to a static preview with each sandbox in a network of its own (bubblewrap + pasta)
+    and with the host's network, two servers side by side, runs interleaved (the machine's load
+    moves both alike)."""
+    modes = ("isolated", "host")
+    async with (
+        served({**env, "LOCAL_SANDBOX_NETWORK": "isolated"}, 4) as isolated,
+        served({**env, "LOCAL_SANDBOX_NETWORK": "host"}, 4) as host,
+    ):
+        servers = {"isolated": isolated, "host": host}
+        for mode, server in servers.items():
+            ready = _ok(await server.client.get(f"{server.base}/readyz"), "readyz").json()
+            if ready["sandboxIsolation"]["network"] != (mode == "isolated"):
+                raise BenchError(f"{mode}: /readyz says {ready['sandboxIsolation']}")
+        rows = []
+        for label, body in (PREVIEWS[0], PREVIEWS[2]):
+            times: dict[str, list[float]] = {mode: [] for mode in modes}
+            for i in range(runs):
+                for mode in modes if i % 2 == 0 else reversed(modes):
+                    elapsed = await _time_to_preview(
+                        servers[mode], {**body, "projectId": f"n{i}"}, f"n{i}"
+                    )
+                    times[mode].append(elapsed)
+            medians = {mode: statistics.median(times[mode]) * 1000 for mode in modes}
+            for mode in modes:
+                rows.append(
+                    [
+                        f"time to first 200: {label}, {mode} network",
+                        f"{medians[mode]:.0f} ms",
+                        f"p95 {_pct(times[mode], 0.95) * 1000:.0f} ms",
+                        f"{runs} runs",
+                    ]
+                )
+            ratio = medians["isolated"] / medians["host"]
+            rows.append([f"isolated / host: {label}", f"{ratio:.2f}", "medians", f"{runs} runs"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="Previews timed per source kind.")
@@ -330,6 +368,12 @@ def main(argv: list[str] | None = None) -> None:
         default="embedded",
         help="embedded (SQLite + in-process store) or pg (Postgres + Redis)",
     )
+    parser.add_argument(
+        "--network",
+        action="store_true",
+        help="Only compare time to a static preview: sandboxes in a network of their own "
+        "(LOCAL_SANDBOX_NETWORK=isolated) against the host's network.",
+    )
     args = parser.parse_args(argv)
     env: dict[str, str] = {}
     if args.backend == "pg":
@@ -339,7 +383,10 @@ def main(argv: list[str] | None = None) -> None:
             ),
             "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
         }
-    rows = asyncio.run(run(args.runs, args.requests, args.concurrency, env))
+    if args.network:
+        rows = asyncio.run(network_rows(args.runs, env))
+    else:
+        rows = asyncio.run(run(args.runs, args.requests, args.concurrency, env))
     print(f"backend: {args.backend} (1 uvicorn worker, {os.cpu_count()} cores)")
     print("| what | result | detail | sample |")
     print("|---|---|---|---|")

@@ -23,6 +23,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,26 +221,62 @@ async def connect(pasta: str, child_pid: int, root: Path, forward_port: int | No
     return pidfile
 
 
-def stop(pidfile: Path) -> None:
-    """End the pasta that wrote `pidfile` (checked by its command line: a pid may be reused)."""
+def stop(pidfile: Path) -> int | None:
+    """SIGKILL the pasta that wrote `pidfile` (checked by its command line: a pid may be reused);
+    its pid, for `gone`."""
     try:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         pidfile.unlink(missing_ok=True)
-        return
+        return None
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             ours = str(pidfile).encode() in f.read()
     except OSError:
         ours = False
-    if ours:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
     pidfile.unlink(missing_ok=True)
+    if not ours:
+        return None
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def gone(pid: int) -> bool:
+    """Ended (a zombie waiting for init holds no socket any more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
+
+
+async def end(pidfile: Path, *, timeout: float = 5.0) -> None:
+    """Stop the pasta of `pidfile` and wait until it is gone: its forwarded port with it."""
+    await end_all([pidfile], timeout=timeout)
+
+
+async def end_all(files: list[Path], *, timeout: float = 5.0) -> None:
+    pids = [pid for pidfile in files if (pid := stop(pidfile)) is not None]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline and not all(gone(pid) for pid in pids):  # noqa: ASYNC110 - polls /proc
+        await asyncio.sleep(0.005)
+
+
+def pidfiles(root: Path) -> list[Path]:
+    """The pid files of every pasta of the sandbox directory `root`."""
+    try:
+        return list(root.glob(PIDFILE_GLOB))
+    except OSError:
+        return []
 
 
 def stop_all(root: Path) -> None:
-    """End every pasta of the sandbox directory `root` (its commands are gone or going)."""
-    with contextlib.suppress(OSError):
-        for pidfile in root.glob(PIDFILE_GLOB):
-            stop(pidfile)
+    """At start-up: end every pasta a sandbox directory of an earlier process names."""
+    pids = [pid for pidfile in pidfiles(root) if (pid := stop(pidfile)) is not None]
+    for _ in range(1000):  # at most ~5 s
+        if all(gone(pid) for pid in pids):
+            return
+        time.sleep(0.005)

@@ -89,6 +89,10 @@ class LocalProvider:
 
     def __init__(self, config: LocalProviderConfig) -> None:
         self.config = config
+        config.root.mkdir(parents=True, exist_ok=True)
+        if config.npm_cache is not None:
+            config.npm_cache.mkdir(parents=True, exist_ok=True)
+        # After the directories: its start-up check runs a real sandbox command.
         self.runner = Runner(
             isolation=config.isolation,
             limits=config.limits,
@@ -97,9 +101,6 @@ class LocalProvider:
         )
         self._sandboxes: dict[str, _Local] = {}
         self._http = httpx.AsyncClient(timeout=2.0, trust_env=False)
-        config.root.mkdir(parents=True, exist_ok=True)
-        if config.npm_cache is not None:
-            config.npm_cache.mkdir(parents=True, exist_ok=True)
         self._sweep_leftovers()
 
     @property
@@ -157,7 +158,7 @@ class LocalProvider:
         if local is None:
             return
         await asyncio.gather(*(kill_group_and_wait(pgid) for pgid in list(local.groups)))
-        network.stop_all(local.root)
+        await network.end_all(network.pidfiles(local.root))
         for task in local.tasks:
             task.cancel()
         await asyncio.gather(*local.tasks, return_exceptions=True)

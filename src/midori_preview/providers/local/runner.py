@@ -5,10 +5,13 @@ Either way with a scrubbed environment and per-sandbox resource limits."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import shutil
+import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +45,7 @@ class SandboxChild(Child):
     async def kill(self) -> None:
         await super().kill()
         if self.pasta_pidfile is not None:
-            network.stop(self.pasta_pidfile)
+            await network.end(self.pasta_pidfile)
 
 
 class Runner:
@@ -66,12 +69,39 @@ class Runner:
             if network_mode == "host"
             else NetworkSupport(False, "sandboxes run without bubblewrap")
             if self.bwrap is None
-            else network.probe_support(self.bwrap, self.pasta)
+            else self._probe_network()
         )
 
     @property
     def isolated(self) -> bool:
         return self.bwrap is not None
+
+    def _probe_network(self) -> NetworkSupport:
+        """Once, at start-up: can this host create a network namespace, and can pasta connect
+        it? Tried for real, with one command in a throw-away workspace."""
+        self.network = network.probe_support(self.bwrap, self.pasta)
+        if not self.network.isolated:
+            return self.network
+
+        async def attempt(workspace: Path) -> int:
+            child = await self.spawn(workspace, "true")
+            try:
+                return await child.process.wait()
+            finally:
+                await child.kill()
+                child.close()
+
+        with tempfile.TemporaryDirectory(prefix="midori-netprobe-") as tmp:
+            workspace = Path(tmp) / "work"
+            workspace.mkdir()
+            try:  # in a thread of its own: the caller may be inside a running event loop
+                with ThreadPoolExecutor(1) as pool:
+                    code = pool.submit(asyncio.run, attempt(workspace)).result()
+            except Exception as exc:
+                return NetworkSupport(False, f"a sandbox network could not be set up: {exc}")
+        if code != 0:
+            return NetworkSupport(False, f"a command in a sandbox network failed ({code})")
+        return self.network
 
     @property
     def network_isolated(self) -> bool:
