@@ -96,7 +96,7 @@ async def served(env: dict[str, str], concurrency: int) -> AsyncIterator[Server]
         [sys.executable, "-m", "midori_preview.cli", "serve"],
         env=server_env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=None if os.environ.get("BENCH_SERVER_LOG") else subprocess.DEVNULL,
     )
     try:
         limits = httpx.Limits(max_connections=concurrency * 2)

@@ -7,6 +7,7 @@ Only the host's loopback addresses are ever aimed at."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import uvloop
 
 from midori_preview.providers.base import SandboxSpec
 from midori_preview.providers.commands import STATIC_SERVER
@@ -92,6 +94,28 @@ async def test_a_step_reaches_the_hosts_redis_only_on_the_hosts_network(
     finally:
         await provider.aclose()
     assert (result.exit_code, list(result.output_tail)) == (0, [expected])
+
+
+@needs_netns
+def test_sandbox_networks_work_under_uvloop(tmp_path: Path) -> None:
+    """`midori-preview serve` runs on uvloop (uvicorn's default when installed): pasta, which
+    detaches, must not hold the set-up waiting there either."""
+
+    async def scenario() -> tuple[str, bool]:
+        provider = make_provider(tmp_path / "sandboxes")
+        try:
+            sandbox = await provider.create(SandboxSpec("sbx1", "alice", "site"), timeout=10)
+            async with asyncio.timeout(60):
+                result = await provider.exec(sandbox, CONNECT, timeout=60)
+                await provider.start_server(sandbox, STATIC_SERVER, port=3000)
+                await eventually(
+                    lambda: provider.probe(sandbox, 3000, timeout=2), within=30, what="serves"
+                )
+            return result.output_tail[-1], provider.runner.network_isolated
+        finally:
+            await provider.aclose()
+
+    assert uvloop.run(scenario()) == ("closed", True)
 
 
 @needs_netns

@@ -23,6 +23,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,32 +193,37 @@ async def connect(pasta: str, child_pid: int, root: Path, forward_port: int | No
         ns = Namespaces(child_pid)
     except OSError:
         raise ProviderError("the sandbox ended before its network was set up") from None
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *pasta_argv(pasta, pidfile, forward_port, ns),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            pass_fds=ns.fds,
-        )
-    finally:
-        ns.close()
-    try:
-        async with asyncio.timeout(PASTA_TIMEOUT):
-            _, err = await process.communicate()
-    except BaseException as exc:  # timed out, or cancelled: no pasta may stay behind
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await asyncio.shield(process.wait())
-        stop(pidfile)
-        if isinstance(exc, TimeoutError):
-            raise ProviderError("the sandbox's network could not be set up in time") from None
-        raise
-    if process.returncode != 0:
-        stop(pidfile)
-        detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["failed"]
-        raise ProviderError(f"the sandbox's network could not be set up: {detail[0]}")
+    # Its messages go to a file, not a pipe: the detached pasta must hold nothing of ours open
+    # (with uvloop, a pipe it inherited kept `communicate()` waiting).
+    with tempfile.TemporaryFile() as err:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *pasta_argv(pasta, pidfile, forward_port, ns),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                pass_fds=ns.fds,
+            )
+        finally:
+            ns.close()
+        try:
+            async with asyncio.timeout(PASTA_TIMEOUT):
+                code = await process.wait()
+        except BaseException as exc:  # timed out, or cancelled: no pasta may stay behind
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await asyncio.shield(process.wait())
+            stop(pidfile)
+            if isinstance(exc, TimeoutError):
+                raise ProviderError("the sandbox's network could not be set up in time") from None
+            raise
+        if code != 0:
+            stop(pidfile)
+            err.seek(0)
+            lines = err.read(4096).decode("utf-8", "replace").strip().splitlines()
+            detail = lines[-1] if lines else f"pasta exited with {code}"
+            raise ProviderError(f"the sandbox's network could not be set up: {detail}")
     return pidfile
 
 
