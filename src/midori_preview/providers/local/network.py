@@ -112,9 +112,11 @@ class Gate:
             await asyncio.sleep(0.002)
 
     def release(self) -> None:
-        """Let the command run."""
-        with contextlib.suppress(OSError):
-            os.write(self.block_write, b"1")
+        """Let the command run (once)."""
+        if self.block_write in self._open:
+            with contextlib.suppress(OSError):
+                os.write(self.block_write, b"1")
+            self._close(self.block_write)
 
     def close(self) -> None:
         for fd in list(self._open):
@@ -215,11 +217,13 @@ async def connect(pasta: str, child_pid: int, root: Path, forward_port: int | No
                 process.kill()
             await asyncio.shield(process.wait())
             stop(pidfile)
+            pidfile.unlink(missing_ok=True)
             if isinstance(exc, TimeoutError):
                 raise ProviderError("the sandbox's network could not be set up in time") from None
             raise
         if code != 0:
             stop(pidfile)
+            pidfile.unlink(missing_ok=True)
             err.seek(0)
             lines = err.read(4096).decode("utf-8", "replace").strip().splitlines()
             detail = lines[-1] if lines else f"pasta exited with {code}"
@@ -240,12 +244,12 @@ def stop(pidfile: Path) -> int | None:
             ours = str(pidfile).encode() in f.read()
     except OSError:
         ours = False
-    pidfile.unlink(missing_ok=True)
     if not ours:
+        pidfile.unlink(missing_ok=True)
         return None
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
-    return pid
+    return pid  # the file stays until it is gone: whoever else ends it waits for it too
 
 
 def gone(pid: int) -> bool:
@@ -269,6 +273,8 @@ async def end_all(files: list[Path], *, timeout: float = 5.0) -> None:
     deadline = loop.time() + timeout
     while loop.time() < deadline and not all(gone(pid) for pid in pids):  # noqa: ASYNC110 - polls /proc
         await asyncio.sleep(0.005)
+    for pidfile in files:
+        pidfile.unlink(missing_ok=True)
 
 
 def pidfiles(root: Path) -> list[Path]:
@@ -284,5 +290,7 @@ def stop_all(root: Path) -> None:
     pids = [pid for pidfile in pidfiles(root) if (pid := stop(pidfile)) is not None]
     for _ in range(1000):  # at most ~5 s
         if all(gone(pid) for pid in pids):
-            return
+            break
         time.sleep(0.005)
+    for pidfile in pidfiles(root):
+        pidfile.unlink(missing_ok=True)

@@ -202,6 +202,10 @@ class Runner:
             try:
                 pid = await gate.child_pid()
                 await gate.set_up(pid)
+                if forward_port is not None:
+                    # A server starts (imports, binds, listens) while pasta connects: that
+                    # overlap is most of pasta's cost in the time to a preview. A step waits.
+                    gate.release()
                 assert self.pasta is not None
                 pidfile = await network.connect(self.pasta, pid, workspace.parent, forward_port)
             except BaseException:
