@@ -1,9 +1,10 @@
-# midori-preview API. Local sandboxes need bubblewrap (and user namespaces on the host); with
-# DAYTONA_API_KEY set, previews run on Daytona instead and nothing runs in this container.
+# midori-preview API. Local sandboxes need bubblewrap and passt (pasta: a network of their own), and
+# user and network namespaces on the host; with DAYTONA_API_KEY set, previews run on Daytona instead
+# and nothing runs in this container.
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends bubblewrap git nodejs npm ca-certificates \
+ && apt-get install -y --no-install-recommends bubblewrap passt git nodejs npm ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir uv==0.13.9
 

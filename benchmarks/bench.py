@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_daytona
 import load
+import network
 import reaper_scale
 from harness import API, REDIS_URL, Server, ok, rss_mb, served
 from live_update import live_update_rows
@@ -239,10 +240,13 @@ async def daytona_rows(smoke: bool) -> list[Row]:
     ]
 
 
-async def run(smoke: bool, idle_full: int) -> list[Row]:
+async def run(smoke: bool, idle_full: int, network_only: bool = False) -> list[Row]:
+    if network_only:
+        return await network.network_rows(1 if smoke else 30)
     rows = await reaper_rows(smoke, idle_full)
     rows += await daytona_rows(smoke)
     rows += await service_rows(smoke)
+    rows += await network.network_rows(1 if smoke else 10)
     return rows
 
 
@@ -256,9 +260,15 @@ def main(argv: list[str] | None = None) -> None:
         help="Idle sandboxes the full run reaps beside 100,000 watched (10,000 to measure the "
         "target itself; the table gives the time per 10,000 at the measured rate).",
     )
+    parser.add_argument(
+        "--network",
+        action="store_true",
+        help="Only the sandbox-network row: a static preview with each sandbox in a network of "
+        "its own against the host's network (30 interleaved runs).",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    rows = asyncio.run(run(args.smoke, args.reaper_idle))
+    rows = asyncio.run(run(args.smoke, args.reaper_idle, args.network))
     took = time.perf_counter() - started
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]

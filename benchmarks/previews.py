@@ -38,7 +38,7 @@ FILES_START = "python3 server.py"
 FILES_BODY = {"files": [{"path": p, "content": c} for p, c in FILES], "start": FILES_START}
 
 
-async def _ours(server: Server, body: dict[str, Any], user: str) -> float:
+async def time_to_preview(server: Server, body: dict[str, Any], user: str) -> float:
     started = time.perf_counter()
     sandbox_id = await create(server, {"projectId": "site", **body}, user)
     status = await until_running(server, sandbox_id, user)
@@ -157,16 +157,24 @@ async def measure(server: Server, runs: int, *, vite: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     static_body = {"promptJson": EXAMPLE}
     vite_body = {"promptJson": EXAMPLE, "template": "vite"}
-    out["static"] = _ms(await _times(runs, lambda i: _ours(server, static_body, f"st{i}")))
+    out["static"] = _ms(
+        await _times(runs, lambda i: time_to_preview(server, static_body, f"st{i}"))
+    )
     files, cmd = _static_files()
     out["static floor"] = _ms(await _times(runs, lambda i: _floor(files, cmd)))
-    out["files+server"] = _ms(await _times(runs, lambda i: _ours(server, FILES_BODY, f"fs{i}")))
+    out["files+server"] = _ms(
+        await _times(runs, lambda i: time_to_preview(server, FILES_BODY, f"fs{i}"))
+    )
     plain = [(path, content.encode()) for path, content in FILES]
     out["files+server floor"] = _ms(await _times(runs, lambda i: _floor(plain, FILES_START)))
     if not vite:
         return out
-    out["vite cold"] = _ms([await _ours(server, {**vite_body, "projectId": "cold"}, "vc")])
-    out["vite cached"] = _ms(await _times(runs, lambda i: _ours(server, vite_body, f"vw{i}")))
+    out["vite cold"] = _ms(
+        [await time_to_preview(server, {**vite_body, "projectId": "cold"}, "vc")]
+    )
+    out["vite cached"] = _ms(
+        await _times(runs, lambda i: time_to_preview(server, vite_body, f"vw{i}"))
+    )
     files, cmd = _cached_vite_files(server.data_dir)
     out["vite cached floor"] = _ms(await _times(runs, lambda i: _floor(files, cmd)))
     out["original flow"] = _ms([await original_flow()])

@@ -25,7 +25,16 @@ async def test_healthz(service_app: Running) -> None:
 async def test_readyz_with_database_and_redis(service_app: Running) -> None:
     res = await service_app.client.get("/readyz")
     assert res.status_code == 200
-    assert res.json() == {"status": "ok", "database": True, "redis": True}
+    body = res.json()
+    isolation = body.pop("sandboxIsolation")  # local sandboxes: what isolates them here
+    assert body == {"status": "ok", "database": True, "redis": True}
+    runner = service_app.services.provider.runner  # type: ignore[attr-defined]
+    assert isolation == {
+        "bubblewrap": runner.isolated,
+        "network": runner.network_isolated,
+        "problem": runner.network.problem,
+        "unisolatedCommands": "run",  # dev mode: a developer's own commands run in any case
+    }
 
 
 @asynccontextmanager
@@ -47,7 +56,9 @@ async def test_readyz_says_which_dependency_is_down(tmp_path: Path, pg_backend: 
         assert (await client.get("/healthz")).status_code == 200  # up, but not ready
         res = await client.get("/readyz")
     assert res.status_code == 503
-    assert res.json() == {"status": "unavailable", "database": True, "redis": False}
+    body = res.json()
+    body.pop("sandboxIsolation")
+    assert body == {"status": "unavailable", "database": True, "redis": False}
 
 
 async def test_docs_and_openapi_are_served(service_app: Running) -> None:

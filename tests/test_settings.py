@@ -59,3 +59,24 @@ def test_a_session_secret_alone_turns_dev_auth_off(
         monkeypatch.delenv(field.upper(), raising=False)
     monkeypatch.setenv(name, "a-nextauth-secret")
     assert Settings(_env_file=None).effective_auth_mode == "jwt"  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "run"),  # dev mode: a developer's own commands
+        ({"AUTH_JWT_SECRET": "s3cret-value"}, "refuse"),  # production: strangers' commands
+        ({"AUTH_SECRET": "a-session-secret"}, "refuse"),
+        ({"AUTH_JWT_SECRET": "s3cret-value", "LOCAL_SANDBOX_UNISOLATED_COMMANDS": "run"}, "run"),
+        ({"LOCAL_SANDBOX_UNISOLATED_COMMANDS": "refuse"}, "refuse"),
+    ],
+)
+def test_unisolated_commands_are_refused_by_default_in_production(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    for field in Settings.model_fields:
+        monkeypatch.delenv(field.upper(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.effective_unisolated_commands == expected

@@ -63,6 +63,7 @@ class Services:
     scheduler: AsyncIOScheduler | None  # None when REAPER_ENABLED is false
     owns_provider: bool  # built here (not handed in): closed here
     owns_redis: bool
+    isolation: dict[str, object] | None = None  # local sandboxes: what isolates them (/readyz)
 
     async def aclose(self) -> None:
         """Stop the background work, then close every client (in reverse order of need)."""
@@ -150,6 +151,7 @@ async def build_services(
         scheduler=scheduler,
         owns_provider=provider is None,
         owns_redis=redis is None,
+        isolation=isolation_of(prov),
     )
     if scheduler is not None:
         scheduler.start()
@@ -273,7 +275,7 @@ def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
             message="bubblewrap is not installed: local sandboxes run as plain processes "
             "(apt-get install bubblewrap for namespaces and a read-only system)",
         )
-    return LocalProvider(
+    local = LocalProvider(
         LocalProviderConfig(
             root=(settings.data_dir / "sandboxes").resolve(),
             isolation=isolation,
@@ -287,5 +289,43 @@ def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
             if settings.local_npm_cache
             else None,
             clock=clock,
+            network=settings.local_sandbox_network,
+            unisolated=settings.effective_unisolated_commands,
+            trusted_commands=trusted_commands(),
         )
     )
+    if not local.runner.network_isolated:
+        refused = settings.effective_unisolated_commands == "refuse"
+        log.warning(
+            "local.no_network_isolation",
+            reason=local.runner.network.problem,
+            message="local sandboxes share this host's network: their commands can reach its "
+            "loopback services (database, Redis, this API) "
+            + (
+                "- user-supplied commands are refused (LOCAL_SANDBOX_UNISOLATED_COMMANDS)"
+                if refused
+                else "- and user-supplied commands run anyway (LOCAL_SANDBOX_UNISOLATED_COMMANDS)"
+            )
+            + "; apt-get install bubblewrap passt on a host that allows network namespaces",
+        )
+    return local
+
+
+def isolation_of(provider: SandboxProvider) -> dict[str, object] | None:
+    """Local sandboxes: what isolates them here (Daytona's are VMs of their own)."""
+    from midori_preview.providers.local import LocalProvider
+
+    return provider.isolation if isinstance(provider, LocalProvider) else None
+
+
+def trusted_commands() -> frozenset[str]:
+    """The service's own command lines (the templates' and the static server): the ones a
+    local sandbox still runs when it cannot isolate user-supplied ones."""
+    from midori_preview.providers.commands import STATIC_SERVER
+    from midori_preview.templates import TEMPLATES, render_template
+
+    commands = {STATIC_SERVER}
+    for name in TEMPLATES:
+        build = render_template(name, {})
+        commands.update(c for c in (build.install, build.build, build.start) if c)
+    return frozenset(commands)

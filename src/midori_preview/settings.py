@@ -180,6 +180,16 @@ class Settings(BaseSettings):
     local_sandbox_isolation: Literal["auto", "bwrap", "none"] = Field(
         "auto", description="auto = bubblewrap when installed, else plain processes."
     )
+    local_sandbox_network: Literal["isolated", "host"] = Field(
+        "isolated",
+        description="isolated = each command in a network namespace of its own (bubblewrap + "
+        "pasta: the internet, nothing of the host) where the host can; host = the host's network.",
+    )
+    local_sandbox_unisolated_commands: Literal["auto", "refuse", "run"] = Field(
+        "auto",
+        description="Sandboxes without a network of their own: refuse user-supplied commands or "
+        "run them anyway; auto = refuse when an auth secret is set (production).",
+    )
     local_sandbox_memory_mb: int = Field(2048, description="Data-segment limit per sandbox (MB).")
     local_sandbox_max_processes: int = Field(256, description="Process limit per sandbox.")
     local_sandbox_max_file_mb: int = Field(512, description="Largest file a sandbox may write.")
@@ -297,6 +307,13 @@ class Settings(BaseSettings):
             return self.auth_mode
         secrets = (self.auth_jwt_secret, self.nextauth_secret, self.auth_secret)
         return "jwt" if any(s is not None for s in secrets) else "dev"
+
+    @cached_property
+    def effective_unisolated_commands(self) -> Literal["refuse", "run"]:
+        if self.local_sandbox_unisolated_commands != "auto":
+            return self.local_sandbox_unisolated_commands
+        secrets = (self.auth_jwt_secret, self.nextauth_secret, self.auth_secret)
+        return "refuse" if any(s is not None for s in secrets) else "run"
 
     @cached_property
     def effective_database_url(self) -> str:

@@ -43,11 +43,13 @@ async def spawn(
     cwd: Path,
     env: Mapping[str, str],
     preexec_fn: Callable[[], None] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Child:
     """Start `argv` in `cwd` with exactly `env`, stdin from /dev/null, as the leader of a new
-    process group. Cancelled while starting, it finishes starting, then kills the group: a
-    command is never left running without someone holding it."""
-    starting = asyncio.ensure_future(_start(argv, cwd, env, preexec_fn))
+    process group (`pass_fds`: descriptors it inherits besides its pipes). Cancelled while
+    starting, it finishes starting, then kills the group: a command is never left running
+    without someone holding it."""
+    starting = asyncio.ensure_future(_start(argv, cwd, env, preexec_fn, pass_fds))
     try:
         return await asyncio.shield(starting)
     except asyncio.CancelledError:
@@ -63,6 +65,7 @@ async def _start(
     cwd: Path,
     env: Mapping[str, str],
     preexec_fn: Callable[[], None] | None,
+    pass_fds: Sequence[int] = (),
 ) -> Child:
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
@@ -76,6 +79,7 @@ async def _start(
             stderr=err_write,
             start_new_session=True,  # its own process group
             preexec_fn=preexec_fn,
+            pass_fds=tuple(pass_fds),
         )
     except BaseException:
         os.close(out_read)

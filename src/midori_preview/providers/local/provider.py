@@ -1,5 +1,6 @@
 """Local sandboxes: a workspace directory and process groups on this host, whose servers the
-service's preview gateway reaches on loopback. The embedded default: previews with no account."""
+service's preview gateway reaches on loopback (forwarded by pasta into the sandbox's own network
+namespace when it has one). The embedded default: previews with no account."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from midori_preview.providers.base import (
 from midori_preview.providers.files import UnsafePath, write_files
 from midori_preview.providers.git import Git, GitFailed, GitTimeout
 from midori_preview.providers.labels import LABEL_SANDBOX_ID
+from midori_preview.providers.local import network
 from midori_preview.providers.local.runner import Limits, Runner
 from midori_preview.providers.processes import Child, kill_group, kill_group_and_wait
 
@@ -50,6 +52,17 @@ class LocalProviderConfig:
     limits: Limits
     npm_cache: Path | None = None
     clock: Clock = field(default_factory=SystemClock)  # creation times
+    network: str = "isolated"  # isolated (when the host can) | host
+    # Without a network namespace of their own: run every command anyway, or refuse all but the
+    # service's own (`trusted_commands`: the templates' and the static server's command lines).
+    unisolated: str = "run"  # run | refuse
+    trusted_commands: frozenset[str] = frozenset()
+
+
+class IsolationUnavailable(ProviderError):
+    """A user-supplied command, refused: this host cannot isolate its network."""
+
+    code = "isolation_unavailable"
 
 
 @dataclass
@@ -76,15 +89,30 @@ class LocalProvider:
 
     def __init__(self, config: LocalProviderConfig) -> None:
         self.config = config
-        self.runner = Runner(
-            isolation=config.isolation, limits=config.limits, npm_cache=config.npm_cache
-        )
-        self._sandboxes: dict[str, _Local] = {}
-        self._http = httpx.AsyncClient(timeout=2.0, trust_env=False)
         config.root.mkdir(parents=True, exist_ok=True)
         if config.npm_cache is not None:
             config.npm_cache.mkdir(parents=True, exist_ok=True)
+        # After the directories: its start-up check runs a real sandbox command.
+        self.runner = Runner(
+            isolation=config.isolation,
+            limits=config.limits,
+            npm_cache=config.npm_cache,
+            network_mode=config.network,
+        )
+        self._sandboxes: dict[str, _Local] = {}
+        self._http = httpx.AsyncClient(timeout=2.0, trust_env=False)
         self._sweep_leftovers()
+
+    @property
+    def isolation(self) -> dict[str, object]:
+        """What isolates this host's sandboxes (`/readyz` shows it)."""
+        runner = self.runner
+        return {
+            "bubblewrap": runner.isolated,
+            "network": runner.network_isolated,
+            "problem": runner.network.problem,
+            "unisolatedCommands": "run" if runner.network_isolated else self.config.unisolated,
+        }
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -98,6 +126,7 @@ class LocalProvider:
                     with contextlib.suppress(OSError):
                         if str(cwd.resolve()).startswith(str(path.resolve())):
                             kill_group(int(pgid))
+            network.stop_all(path)
             shutil.rmtree(path, ignore_errors=True)
 
     async def create(self, spec: SandboxSpec, *, timeout: float) -> ProviderSandbox:
@@ -129,6 +158,7 @@ class LocalProvider:
         if local is None:
             return
         await asyncio.gather(*(kill_group_and_wait(pgid) for pgid in list(local.groups)))
+        await network.end_all(network.pidfiles(local.root))
         for task in local.tasks:
             task.cancel()
         await asyncio.gather(*local.tasks, return_exceptions=True)
@@ -179,6 +209,16 @@ class LocalProvider:
         """Local sandboxes keep no idle clock of their own: the reaper alone stops them."""
         return False
 
+    def _allowed(self, command: str) -> None:
+        config = self.config
+        if self.runner.network_isolated or config.unisolated != "refuse":
+            return
+        if command not in config.trusted_commands:
+            raise IsolationUnavailable(
+                "this host cannot give sandboxes a network of their own "
+                f"({self.runner.network.problem}): commands of your own are refused here"
+            )
+
     def _track(self, local: _Local, child: Child) -> None:
         local.groups.add(child.pid)
         with open(local.root / "pgids", "a") as f:
@@ -194,6 +234,7 @@ class LocalProvider:
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
         local = self._get(sandbox)
+        self._allowed(command)
         child = await self.runner.spawn(local.workspace, command, env)
         self._track(local, child)
         tail: deque[str] = deque(maxlen=50)
@@ -222,9 +263,14 @@ class LocalProvider:
         on_output: OutputCallback | None = None,
     ) -> None:
         local = self._get(sandbox)
+        self._allowed(command)
         host_port = local.ports.setdefault(port, _free_port())
+        # The same port number inside the sandbox's namespace as on the host's loopback.
         child = await self.runner.spawn(
-            local.workspace, command, {**(env or {}), "PORT": str(host_port)}
+            local.workspace,
+            command,
+            {**(env or {}), "PORT": str(host_port)},
+            forward_port=host_port,
         )
         self._track(local, child)
 

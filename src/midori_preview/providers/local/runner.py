@@ -1,16 +1,22 @@
 """Runs one shell command line of a sandbox: inside bubblewrap when available (own mount, pid, ipc
-and uts namespaces, read-only system, writable workspace only), else as a plain process group.
+and uts namespaces, no capabilities, read-only system, writable workspace only, and a network
+namespace of its own connected by pasta: see `network.py`), else as a plain process group.
 Either way with a scrubbed environment and per-sandbox resource limits."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import shutil
+import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from midori_preview.providers.local import network
+from midori_preview.providers.local.network import Gate, NetworkSupport
 from midori_preview.providers.processes import Child, spawn
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -30,18 +36,77 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
+@dataclass(eq=False)
+class SandboxChild(Child):
+    """A command with a network of its own: ending it ends the pasta that connects it."""
+
+    pasta_pidfile: Path | None = None
+
+    async def kill(self) -> None:
+        await super().kill()
+        if self.pasta_pidfile is not None:
+            await network.end(self.pasta_pidfile)
+
+
 class Runner:
-    def __init__(self, *, isolation: str, limits: Limits, npm_cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        isolation: str,
+        limits: Limits,
+        npm_cache: Path | None = None,
+        network_mode: str = "isolated",
+    ) -> None:
         bwrap = bwrap_path()
         if isolation == "bwrap" and bwrap is None:
             raise RuntimeError("LOCAL_SANDBOX_ISOLATION=bwrap but bubblewrap is not installed")
         self.bwrap = bwrap if isolation in ("auto", "bwrap") else None
         self.limits = limits
         self.npm_cache = npm_cache
+        self.pasta = network.pasta_path()
+        self.network = (
+            NetworkSupport(False, "LOCAL_SANDBOX_NETWORK=host")
+            if network_mode == "host"
+            else NetworkSupport(False, "sandboxes run without bubblewrap")
+            if self.bwrap is None
+            else self._probe_network()
+        )
 
     @property
     def isolated(self) -> bool:
         return self.bwrap is not None
+
+    def _probe_network(self) -> NetworkSupport:
+        """Once, at start-up: can this host create a network namespace, and can pasta connect
+        it? Tried for real, with one command in a throw-away workspace."""
+        self.network = network.probe_support(self.bwrap, self.pasta)
+        if not self.network.isolated:
+            return self.network
+
+        async def attempt(workspace: Path) -> int:
+            child = await self.spawn(workspace, "true")
+            try:
+                return await child.process.wait()
+            finally:
+                await child.kill()
+                child.close()
+
+        with tempfile.TemporaryDirectory(prefix="midori-netprobe-") as tmp:
+            workspace = Path(tmp) / "work"
+            workspace.mkdir()
+            try:  # in a thread of its own: the caller may be inside a running event loop
+                with ThreadPoolExecutor(1) as pool:
+                    code = pool.submit(asyncio.run, attempt(workspace)).result()
+            except Exception as exc:
+                return NetworkSupport(False, f"a sandbox network could not be set up: {exc}")
+        if code != 0:
+            return NetworkSupport(False, f"a command in a sandbox network failed ({code})")
+        return self.network
+
+    @property
+    def network_isolated(self) -> bool:
+        """Whether each command gets a network namespace of its own (no host loopback)."""
+        return self.network.isolated
 
     def workdir(self, workspace: Path) -> str:
         """The workspace path as commands see it."""
@@ -66,7 +131,9 @@ class Runner:
         env.update(extra or {})
         return env
 
-    def argv(self, workspace: Path, command: str, env: Mapping[str, str]) -> list[str]:
+    def argv(
+        self, workspace: Path, command: str, env: Mapping[str, str], gate: Gate | None = None
+    ) -> list[str]:
         if self.bwrap is None:
             return ["/bin/bash", "-c", command]
         args = [self.bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
@@ -85,6 +152,9 @@ class Runner:
             args += ["--bind", str(self.npm_cache), NPM_CACHE]
         args += ["--remount-ro", "/"]  # the sandbox's own root: nothing writable but the above
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        args += ["--cap-drop", "ALL"]  # root's capabilities (run by root) would undo the rest
+        if gate is not None:  # held before exec until pasta has connected its namespace
+            args += ["--unshare-net", *gate.bwrap_args()]
         # No --new-session: the sandbox keeps the process group its launcher got (killpg reaches
         # every process); stdin is /dev/null and there is no controlling tty to abuse.
         args += ["--die-with-parent", "--clearenv", "--chdir", WORKSPACE]
@@ -105,12 +175,44 @@ class Runner:
             resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
 
     async def spawn(
-        self, workspace: Path, command: str, env: Mapping[str, str] | None = None
+        self,
+        workspace: Path,
+        command: str,
+        env: Mapping[str, str] | None = None,
+        *,
+        forward_port: int | None = None,
     ) -> Child:
+        """Start `command`; with a network of its own, `forward_port` (a server's) is the one
+        port of it reachable from the host, on the host's 127.0.0.1."""
         full_env = self.environment(workspace, env)
-        return await spawn(
-            self.argv(workspace, command, full_env),
-            cwd=workspace,
-            env=full_env if self.bwrap is None else {"PATH": SANDBOX_PATH},
-            preexec_fn=self._preexec,
-        )
+        launch_env = full_env if self.bwrap is None else {"PATH": SANDBOX_PATH}
+        if not self.network_isolated:
+            argv = self.argv(workspace, command, full_env)
+            return await spawn(argv, cwd=workspace, env=launch_env, preexec_fn=self._preexec)
+        gate = Gate()
+        try:
+            child = await spawn(
+                self.argv(workspace, command, full_env, gate),
+                cwd=workspace,
+                env=launch_env,
+                preexec_fn=self._preexec,
+                pass_fds=gate.child_fds,
+            )
+            gate.started()
+            try:
+                pid = await gate.child_pid()
+                await gate.set_up(pid)
+                if forward_port is not None:
+                    # A server starts (imports, binds, listens) while pasta connects: that
+                    # overlap is most of pasta's cost in the time to a preview. A step waits.
+                    gate.release()
+                assert self.pasta is not None
+                pidfile = await network.connect(self.pasta, pid, workspace.parent, forward_port)
+            except BaseException:
+                await child.kill()
+                child.close()
+                raise
+            gate.release()
+        finally:
+            gate.close()
+        return SandboxChild(child.process, child.stdout, child.stderr, child.transports, pidfile)
