@@ -100,7 +100,8 @@ async def build_services(
     prefix = f"mp:{settings.preview_deployment}"
     quota = QuotaService(kv, prefix=prefix)
     events = EventBus(kv, prefix=prefix, ttl_seconds=settings.state_retention_seconds)
-    prov = instrumented(provider if provider is not None else build_provider(settings, clock))
+    raw = provider if provider is not None else build_provider(settings, clock)
+    prov = instrumented(raw)  # every call timed, its errors counted (/metrics)
     replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     links = build_links(settings, prov.name)
     previews = build_previews(settings, db, quota, events, prov, clock, replica, links)
@@ -151,7 +152,7 @@ async def build_services(
         scheduler=scheduler,
         owns_provider=provider is None,
         owns_redis=redis is None,
-        isolation=isolation_of(prov),
+        isolation=isolation_of(raw),
     )
     if scheduler is not None:
         scheduler.start()
