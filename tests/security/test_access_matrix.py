@@ -77,9 +77,10 @@ def request_for(
             params[p["name"]] = value or str(p["schema"].get("examples", [None])[0] or "2026-01-01")
     body = None
     schema = body_schema(spec, op)
-    if method == "POST" and schema is not None:
+    if method in ("POST", "PUT", "PATCH") and schema is not None:
         props = schema.get("properties", {})
-        body = {k: sample(props[k]) for k in schema.get("required", [])}
+        body = dict(schema.get("examples", [{}])[0])  # a valid body, where the schema shows one
+        body |= {k: sample(props[k]) for k in schema.get("required", []) if k not in body}
         if "sandboxId" in props:
             body["sandboxId"] = sandbox_id
     return path, params, body

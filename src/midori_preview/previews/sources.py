@@ -138,7 +138,7 @@ def plan_for(
         )
     port = body.port or DEFAULT_PORT
     if body.files is not None:
-        files = _files_of(body.files, max_files=max_files, max_bytes=max_bytes)
+        files = files_of(body.files, max_files=max_files, max_bytes=max_bytes)
         return BuildPlan(
             source_kind="files",
             files=files,
@@ -173,7 +173,7 @@ DETECT = (
 )
 
 
-def _files_of(given: list[FileIn], *, max_files: int, max_bytes: int) -> list[FileData]:
+def files_of(given: list[FileIn], *, max_files: int, max_bytes: int) -> list[FileData]:
     """A `files` source's files, each path checked (inside the workspace, no duplicates, none
     under another file) and decoded; bounded in count and size."""
     if len(given) > max_files:

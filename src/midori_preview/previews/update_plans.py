@@ -9,13 +9,13 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from midori_preview.errors import PayloadTooLarge, SourceIncompatible, ValidationFailed
+from midori_preview.errors import SourceIncompatible, ValidationFailed
 from midori_preview.previews.schemas import UpdateSource
 from midori_preview.previews.sources import (
     DEFAULT_PORT,
     BuildPlan,
-    decode_file,
     digest_of,
+    files_of,
     validate_path,
 )
 from midori_preview.providers.base import FileData
@@ -169,20 +169,4 @@ def _files_update(
 
 def _decoded(body: UpdateSource, *, max_files: int, max_bytes: int) -> list[FileData]:
     """The body's files, checked and decoded as create checks them."""
-    given = body.files or []
-    if len(given) > max_files:
-        raise PayloadTooLarge(f"at most {max_files} files per update")
-    seen: set[str] = set()
-    out: list[FileData] = []
-    total = 0
-    for f in given:
-        path = validate_path(f.path)
-        if path in seen:
-            raise ValidationFailed(f"duplicate file path {path!r}", path=path)
-        seen.add(path)
-        data = decode_file(path, f.content, f.encoding)
-        total += len(data)
-        out.append(FileData(path, data))
-    if total > max_bytes:
-        raise PayloadTooLarge(f"files add up to more than {max_bytes} bytes")
-    return out
+    return files_of(body.files or [], max_files=max_files, max_bytes=max_bytes)
