@@ -261,7 +261,7 @@ async def test_a_build_running_in_this_process_is_not_failed_for_its_lease(
         assert (await app.wait_until(sandbox_id))["status"] == "running"
 
 
-async def test_stopped_rows_leave_the_active_view_after_retention(
+async def test_stopped_rows_leave_the_active_view_and_their_sources_after_retention(
     tmp_path: Path, pg_backend: Backend, clock: ManualClock
 ) -> None:
     settings = make_settings(tmp_path, pg_backend, stopped_retention_seconds=7200)
@@ -277,9 +277,11 @@ async def test_stopped_rows_leave_the_active_view_after_retention(
         clock.advance(7199)
         assert (await app.services.reaper.run_pass())["retired"] == 0
         assert await listed() == [sandbox_id]
+        assert await app.services.db.sources.get(sandbox_id) is not None  # for live updates
         clock.advance(1)
         assert (await app.services.reaper.run_pass())["retired"] == 1
         assert await listed() == []
+        assert await app.services.db.sources.get(sandbox_id) is None  # its served source too
         stats = (await app.client.get("/api/preview/cleanup", headers=admin)).json()["stats"]
         assert (stats["total"], stats["stopped"]) == (0, 0)
         assert (await status(app, sandbox_id))["status"] == "stopped"  # still answerable

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     and_,
     column,
+    delete,
     exists,
     func,
     literal,
@@ -28,7 +29,14 @@ from sqlalchemy.dialects import postgresql
 
 from midori_preview.db.database import Database, rows_changed
 from midori_preview.db.idempotency import insert_key
-from midori_preview.db.models import SEEN_AT, IdempotencyKey, Sandbox, UsageLedger, UTCDateTime
+from midori_preview.db.models import (
+    SEEN_AT,
+    IdempotencyKey,
+    Sandbox,
+    SandboxSource,
+    UsageLedger,
+    UTCDateTime,
+)
 from midori_preview.db.usage import LedgerEntry, add_usage
 from midori_preview.previews.states import BUILDING, HOLDING, LIVE, TERMINAL, SandboxStatus
 
@@ -222,17 +230,20 @@ class SandboxRepository:
             )
 
     async def retire_stopped(self, before: datetime) -> int:
-        """Rows that ended before `before` leave the active view: how many."""
+        """Rows that ended before `before` leave the active view, and the sources they served
+        (kept for live updates) are dropped: how many rows."""
+        ended = (
+            Sandbox.status.in_(TERMINAL),
+            Sandbox.active.is_(True),
+            Sandbox.updated_at <= before,
+        )
         async with self.db.writes() as s, s.begin():
-            result = await s.execute(
-                update(Sandbox)
-                .where(
-                    Sandbox.status.in_(TERMINAL),
-                    Sandbox.active.is_(True),
-                    Sandbox.updated_at <= before,
+            await s.execute(
+                delete(SandboxSource).where(
+                    SandboxSource.sandbox_id.in_(select(Sandbox.id).where(*ended))
                 )
-                .values(active=False)
             )
+            result = await s.execute(update(Sandbox).where(*ended).values(active=False))
             return rows_changed(result)
 
     # --- bounded queries (reaper, admin) ----------------------------------------------------
