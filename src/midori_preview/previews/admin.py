@@ -82,7 +82,9 @@ class AdminService:
         raise ValidationFailed(f"unknown action {action!r}")
 
     async def sandboxes(self) -> list[dict[str, Any]]:
-        """The sandboxes in the active view, newest first."""
+        """The sandboxes in the active view, newest first (heartbeats queued in Redis written
+        first, so the last heartbeat and the tab's visibility are current)."""
+        await self.reaper.service.flush_heartbeats()
         return [
             {
                 "sandboxId": r.id,

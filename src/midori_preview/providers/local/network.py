@@ -25,6 +25,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,13 +254,21 @@ def stop(pidfile: Path) -> int | None:
 
 
 def gone(pid: int) -> bool:
-    """Ended (a zombie waiting for init holds no socket any more)."""
+    """Ended: every thread of it a zombie or gone (a zombie holds no socket any more — but a
+    thread group's leader turns zombie while its other threads still exit holding the files)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return True
-    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X"):
+            return False
+    return True
 
 
 async def end(pidfile: Path, *, timeout: float = 5.0) -> None:
@@ -267,14 +276,36 @@ async def end(pidfile: Path, *, timeout: float = 5.0) -> None:
     await end_all([pidfile], timeout=timeout)
 
 
-async def end_all(files: list[Path], *, timeout: float = 5.0) -> None:
+async def end_all(files: list[Path], *, ports: Iterable[int] = (), timeout: float = 5.0) -> None:
+    """End these pastas; return once each is gone and none of the host `ports` they forwarded
+    is listening any more (the kernel tears a dead process's listening socket down a moment
+    after the process itself: a stop must not answer before that)."""
     pids = [pid for pidfile in files if (pid := stop(pidfile)) is not None]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while loop.time() < deadline and not all(gone(pid) for pid in pids):  # noqa: ASYNC110 - polls /proc
+    while loop.time() < deadline and not (  # noqa: ASYNC110 - polls /proc
+        all(gone(pid) for pid in pids) and not listening(ports)
+    ):
         await asyncio.sleep(0.005)
     for pidfile in files:
         pidfile.unlink(missing_ok=True)
+
+
+def listening(ports: Iterable[int]) -> bool:
+    """Whether a TCP socket listens on 127.0.0.1 at any of `ports` (read from /proc/net/tcp:
+    no connection made)."""
+    wanted = {f"0100007F:{port:04X}" for port in ports}
+    if not wanted:
+        return False
+    try:
+        with open("/proc/net/tcp") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return False
+    return any(
+        fields[1] in wanted and fields[3] == "0A"  # 0A: LISTEN
+        for fields in (line.split() for line in lines)
+    )
 
 
 def pidfiles(root: Path) -> list[Path]:

@@ -158,7 +158,7 @@ class LocalProvider:
         if local is None:
             return
         await asyncio.gather(*(kill_group_and_wait(pgid) for pgid in list(local.groups)))
-        await network.end_all(network.pidfiles(local.root))
+        await network.end_all(network.pidfiles(local.root), ports=local.ports.values())
         for task in local.tasks:
             task.cancel()
         await asyncio.gather(*local.tasks, return_exceptions=True)

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from midori_preview.providers.base import ProviderError
 from midori_preview.providers.local import network
 from midori_preview.providers.local.network import Gate, NetworkSupport
 from midori_preview.providers.processes import Child, spawn
@@ -208,6 +209,14 @@ class Runner:
                     gate.release()
                 assert self.pasta is not None
                 pidfile = await network.connect(self.pasta, pid, workspace.parent, forward_port)
+            except ProviderError:
+                if forward_port is None or not await _ended(child):
+                    await child.kill()
+                    child.close()
+                    raise
+                # The server ended while pasta connected (a start command that exits at once):
+                # its exit code and output are the news, reported as for any server that exits.
+                pidfile = None
             except BaseException:
                 await child.kill()
                 child.close()
@@ -216,3 +225,13 @@ class Runner:
         finally:
             gate.close()
         return SandboxChild(child.process, child.stdout, child.stderr, child.transports, pidfile)
+
+
+async def _ended(child: Child, within: float = 1.0) -> bool:
+    """Whether the command has ended (or does within a moment)."""
+    try:
+        async with asyncio.timeout(within):
+            await child.process.wait()
+    except TimeoutError:
+        return False
+    return True
