@@ -98,6 +98,9 @@ async def test_no_secret_reaches_a_log_a_response_an_argv_or_a_sandbox(
             tmp_path, pg_backend, log_level="DEBUG", log_json=True,
             github_api_url=fake.url, github_clone_base_url=origin.base_url,
             github_repo_allowlist=["octo-org/*"], github_retry_backoff_seconds=0.01,
+            # a host without bubblewrap runs user commands un-isolated (production refuses
+            # them): the secrets must not reach them either
+            local_sandbox_unisolated_commands="run",
         )  # fmt: skip
         assert settings.auth_jwt_secret is not None  # read from the environment
         answers: list[tuple[str, str]] = []  # (who asked, body)
