@@ -183,10 +183,18 @@ def _preview_rows(t: dict[str, Any]) -> list[Row]:
         )
     if "original flow" in t and "vite cached" in t:
         seed, cached = t["original flow"][0], t["vite cached"][0]
+        warm = t["original flow warm"][0]
         rows.append([
-            "original Midori flow (heredoc per file, npm install, build, dev) vs vite cached",
+            "original Midori flow (heredoc per file, npm install, build, dev; fresh sandbox: "
+            "npm cache empty, median of 3) vs vite cached",
             f"{cached:.0f} ms", f"original {seed:.0f} ms", f"original/ours {seed / cached:.0f}×",
             "≥ 30×", _met(seed / cached >= 30),
+        ])  # fmt: skip
+        rows.append([
+            "original Midori flow at its kindest (npm cache holding every package, median of 2) "
+            "vs vite cached",
+            f"{cached:.0f} ms", f"original {warm:.0f} ms", f"original/ours {warm / cached:.0f}×",
+            "", "n/a",
         ])  # fmt: skip
     return rows
 

@@ -62,13 +62,15 @@ async def _answers(port: int, proc: asyncio.subprocess.Process, deadline: float)
     raise BenchError("the floor's server never answered 200")
 
 
-async def _serve_until_200(directory: Path, command: str, timeout: float = 120) -> None:
+async def _serve_until_200(
+    directory: Path, command: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> None:
     """Start `command` in `directory` on a free $PORT; return once it answers 200; kill it."""
     port = free_port()
     proc = await asyncio.create_subprocess_shell(
         command,
         cwd=directory,
-        env={**os.environ, "PORT": str(port)},
+        env={**os.environ, **(env or {}), "PORT": str(port)},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
         start_new_session=True,
@@ -114,10 +116,12 @@ def _cached_vite_files(data_dir: Path) -> tuple[list[tuple[str, bytes]], str]:
     return files, render_template("vite", EXAMPLE).start
 
 
-async def original_flow() -> float:
+async def original_flow(npm_cache: Path) -> float:
     """The seed's flow on the vite site: a heredoc per file through bash, npm install, npm run
-    build, npm run dev; until the dev server answers 200."""
+    build, npm run dev; until the dev server answers 200. npm keeps its cache in `npm_cache`:
+    an empty one is what the seed's fresh sandbox has."""
     build = render_template("vite", EXAMPLE)
+    env = {"npm_config_cache": str(npm_cache)}
     with tempfile.TemporaryDirectory(prefix="midori-seed-") as tmp:
         site = Path(tmp)
         started = time.perf_counter()
@@ -128,15 +132,29 @@ async def original_flow() -> float:
                 f"{f.content.decode()}\nMIDORI_EOF"
             )
             await _sh(site, script)
-        await _sh(site, "npm install --no-audit --no-fund")
-        await _sh(site, "npm run build")
-        await _serve_until_200(site, 'npm run dev -- --port "$PORT" --strictPort --host 127.0.0.1')
+        await _sh(site, "npm install --no-audit --no-fund", env)
+        await _sh(site, "npm run build", env)
+        await _serve_until_200(
+            site, 'npm run dev -- --port "$PORT" --strictPort --host 127.0.0.1', env=env
+        )
         return time.perf_counter() - started
 
 
-async def _sh(cwd: Path, script: str) -> None:
+async def original_flows(cold_runs: int, warm_runs: int) -> tuple[list[float], list[float]]:
+    """The seed's flow as it really runs (each in a fresh sandbox: npm's cache empty, every
+    package from the registry) and at its kindest (npm's cache already holding every package)."""
+    with tempfile.TemporaryDirectory(prefix="midori-npm-") as tmp:
+        kept = Path(tmp) / "kept"
+        cold = [await original_flow(kept)]  # fills the kept cache for the warm runs
+        for i in range(cold_runs - 1):
+            cold.append(await original_flow(Path(tmp) / f"fresh{i}"))
+        warm = [await original_flow(kept) for _ in range(warm_runs)]
+    return cold, warm
+
+
+async def _sh(cwd: Path, script: str, env: dict[str, str] | None = None) -> None:
     proc = await asyncio.create_subprocess_exec(
-        "bash", "-c", script, cwd=cwd,
+        "bash", "-c", script, cwd=cwd, env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, err = await proc.communicate()
@@ -177,5 +195,7 @@ async def measure(server: Server, runs: int, *, vite: bool) -> dict[str, Any]:
     )
     files, cmd = _cached_vite_files(server.data_dir)
     out["vite cached floor"] = _ms(await _times(runs, lambda i: _floor(files, cmd)))
-    out["original flow"] = _ms([await original_flow()])
+    cold, warm = await original_flows(3, 2)
+    out["original flow"] = _ms(cold)
+    out["original flow warm"] = _ms(warm)
     return out
