@@ -15,6 +15,8 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from midori_preview.github.signature import sign_body
 from midori_preview.settings import Settings
@@ -157,6 +159,31 @@ def origin(tmp_path: Path) -> Origin:
 async def fake_github(origin: Origin) -> AsyncIterator[FakeGitHub]:
     async with serve_fake(FakeGitHub(git_root=origin.root)) as fake:
         yield fake
+
+
+APP_ID = 31337  # the GitHub App the fake knows (its installation is the payloads' 42424242)
+
+
+def app_keys() -> tuple[str, str]:
+    """A fresh RSA key pair for the GitHub App: (private PEM, public PEM)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return pem, public
+
+
+def app_settings(tmp_path: Path, fake: FakeGitHub, origin: Origin, pem: str) -> Settings:
+    """Settings that authenticate as the GitHub App (no token), on the embedded backend."""
+    return gh_settings(
+        tmp_path, Backend("embedded", None, None), fake, origin,
+        github_token=None, github_app_id=APP_ID, github_app_private_key=pem,
+    )  # fmt: skip
 
 
 def gh_settings(

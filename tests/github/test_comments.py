@@ -7,12 +7,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from midori_preview.github.comments import MARKER
 from tests.conftest import Backend
-from tests.github.conftest import Origin, deliver, gh_app, gh_settings, pr_payload, settle, site
+from tests.github.conftest import (
+    APP_ID,
+    Origin,
+    app_keys,
+    app_settings,
+    deliver,
+    gh_app,
+    gh_settings,
+    pr_payload,
+    settle,
+    site,
+)
 from tests.github.fake_github import APP_SLUG, FakeGitHub, serve_fake
 
 REPO = "octo-org/site"
@@ -36,38 +44,17 @@ async def test_a_collaborators_comment_with_the_marker_is_not_adopted(
     assert len(fake_github.calls_to("GET", r"^/user$")) == 1  # asked once
 
 
-def app_keys() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return pem, public
-
-
 async def test_with_an_app_only_a_comment_made_through_our_app_is_adopted(
     tmp_path: Path, origin: Origin
 ) -> None:
     sha = origin.make(REPO, site("v1"))[0]
     pem, public = app_keys()
-    fake = FakeGitHub(git_root=origin.root, app_id=31337, app_public_key=public)
+    fake = FakeGitHub(git_root=origin.root, app_id=APP_ID, app_public_key=public)
     other_app = fake.seed_comment(REPO, 7, f"{MARKER}\nanother app", "copycat[bot]", app_id=999)
     person = fake.seed_comment(REPO, 7, f"{MARKER}\na person", f"{APP_SLUG}-fan")
-    ours = fake.seed_comment(REPO, 7, f"{MARKER}\nold", f"{APP_SLUG}[bot]", app_id=31337)
+    ours = fake.seed_comment(REPO, 7, f"{MARKER}\nold", f"{APP_SLUG}[bot]", app_id=APP_ID)
     async with serve_fake(fake):
-        settings = gh_settings(
-            tmp_path,
-            Backend("embedded", None, None),
-            fake,
-            origin,
-            github_token=None,
-            github_app_id=31337,
-            github_app_private_key=pem,
-        )
+        settings = app_settings(tmp_path, fake, origin, pem)
         async with gh_app(settings) as running:
             await deliver(running.client, "pull_request", pr_payload("opened", sha))
             await settle(running)

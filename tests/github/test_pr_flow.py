@@ -10,14 +10,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from midori_preview.github.comments import MARKER
 from midori_preview.github.payloads import Target
 from tests.conftest import Backend, Running
 from tests.github.conftest import (
+    APP_ID,
     Origin,
+    app_keys,
+    app_settings,
     deliver,
     gh_app,
     gh_settings,
@@ -269,29 +269,11 @@ async def test_how_a_repository_is_previewed(
 async def test_github_app_auth_uses_cached_installation_tokens(
     tmp_path: Path, origin: Origin
 ) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    pem, public = app_keys()
     sha = origin.make(REPO, site("app auth"))[0]
-    fake = FakeGitHub(git_root=origin.root, app_id=31337, app_public_key=public)
+    fake = FakeGitHub(git_root=origin.root, app_id=APP_ID, app_public_key=public)
     async with serve_fake(fake):
-        settings = gh_settings(
-            tmp_path,
-            Backend("embedded", None, None),
-            fake,
-            origin,
-            github_token=None,
-            github_app_id=31337,
-            github_app_private_key=pem,
-        )
+        settings = app_settings(tmp_path, fake, origin, pem)
         async with gh_app(settings) as running:
             await deliver(running.client, "pull_request", pr_payload("opened", sha))
             await settle(running)
