@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 from harness import BenchError, Server, create, first_200, free_port, pct, stop, until_running
 
-from midori_preview.templates import PROMPT_FILE, prompt_file_bytes, render_template
+from midori_preview.providers.local.runner import SANDBOX_PATH
+from midori_preview.templates import PROMPT_FILE, TemplateBuild, prompt_file_bytes, render_template
 
 EXAMPLE = {
     "name": "บ้านกาแฟ Baan Kafae",
@@ -48,22 +49,23 @@ async def time_to_preview(server: Server, body: dict[str, Any], user: str) -> fl
     return elapsed
 
 
-async def _answers(port: int, proc: asyncio.subprocess.Process, deadline: float) -> None:
-    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
-        while time.perf_counter() < deadline:
-            if proc.returncode is not None:
-                raise BenchError(f"the floor's server exited with {proc.returncode}")
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.005)
+async def _answers(
+    client: httpx.AsyncClient, port: int, proc: asyncio.subprocess.Process, deadline: float
+) -> None:
+    while time.perf_counter() < deadline:
+        if proc.returncode is not None:
+            raise BenchError(f"the floor's server exited with {proc.returncode}")
+        try:
+            if (await client.get(f"http://127.0.0.1:{port}/")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.005)
     raise BenchError("the floor's server never answered 200")
 
 
 async def _serve_until_200(
-    directory: Path, command: str, timeout: float = 120, env: dict[str, str] | None = None
+    client: httpx.AsyncClient, directory: Path, command: str, env: dict[str, str] | None = None
 ) -> None:
     """Start `command` in `directory` on a free $PORT; return once it answers 200; kill it."""
     port = free_port()
@@ -76,7 +78,7 @@ async def _serve_until_200(
         start_new_session=True,
     )
     try:
-        await _answers(port, proc, time.perf_counter() + timeout)
+        await _answers(client, port, proc, time.perf_counter() + 120)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
@@ -90,12 +92,14 @@ def _write(directory: Path, files: list[tuple[str, bytes]]) -> None:
 
 
 async def _floor(files: list[tuple[str, bytes]], command: str) -> float:
-    """The same files written and the same server started by the benchmark, no service."""
-    with tempfile.TemporaryDirectory(prefix="midori-floor-") as tmp:
-        started = time.perf_counter()
-        _write(Path(tmp), files)
-        await _serve_until_200(Path(tmp), command)
-        return time.perf_counter() - started
+    """The same files written and the same server started by the benchmark, no service: with
+    the sandbox's PATH (the same `python3`), the client made before the clock starts."""
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+        with tempfile.TemporaryDirectory(prefix="midori-floor-") as tmp:
+            started = time.perf_counter()
+            _write(Path(tmp), files)
+            await _serve_until_200(client, Path(tmp), command, {"PATH": SANDBOX_PATH})
+            return time.perf_counter() - started
 
 
 def _static_files() -> tuple[list[tuple[str, bytes]], str]:
@@ -122,6 +126,11 @@ async def original_flow(npm_cache: Path) -> float:
     an empty one is what the seed's fresh sandbox has."""
     build = render_template("vite", EXAMPLE)
     env = {"npm_config_cache": str(npm_cache)}
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+        return await _seed_flow(client, build, env)
+
+
+async def _seed_flow(client: httpx.AsyncClient, build: TemplateBuild, env: dict[str, str]) -> float:
     with tempfile.TemporaryDirectory(prefix="midori-seed-") as tmp:
         site = Path(tmp)
         started = time.perf_counter()
@@ -135,7 +144,7 @@ async def original_flow(npm_cache: Path) -> float:
         await _sh(site, "npm install --no-audit --no-fund", env)
         await _sh(site, "npm run build", env)
         await _serve_until_200(
-            site, 'npm run dev -- --port "$PORT" --strictPort --host 127.0.0.1', env=env
+            client, site, 'npm run dev -- --port "$PORT" --strictPort --host 127.0.0.1', env=env
         )
         return time.perf_counter() - started
 

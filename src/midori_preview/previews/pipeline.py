@@ -54,7 +54,7 @@ class PipelineSettings:
     start_timeout: float
     clone_timeout: float
     lease_seconds: int
-    probe_interval: float = 0.025  # a refused loopback connect costs ~0.1 ms
+    probe_interval: float  # the provider's own (SandboxProvider.probe_interval)
 
 
 S = SandboxStatus

@@ -191,6 +191,7 @@ class PreviewService:
                 start_timeout=s.start_timeout_seconds,
                 clone_timeout=s.git_clone_timeout_seconds,
                 lease_seconds=s.build_lease_seconds,
+                probe_interval=self.provider.probe_interval,
             ),
             replica_id=self.replica_id,
             on_failed=release,

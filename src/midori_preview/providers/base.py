@@ -192,6 +192,9 @@ class SandboxProvider(Protocol):
     """The narrow port every provider implements. All methods are safe to call concurrently."""
 
     name: str
+    # Seconds between readiness probes of a starting server: a probe is cheap on a loopback,
+    # a request through the provider's proxy elsewhere.
+    probe_interval: float
 
     async def create(self, spec: SandboxSpec, *, timeout: float) -> ProviderSandbox:
         """Create and start a sandbox; on timeout nothing it made may be left behind."""

@@ -64,6 +64,7 @@ class DaytonaProvider:
     """The `SandboxProvider` port on Daytona (see `providers.base`)."""
 
     name = "daytona"
+    probe_interval = 0.025  # each probe is a request through Daytona's preview proxy
 
     def __init__(
         self,

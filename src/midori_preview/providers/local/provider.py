@@ -86,6 +86,7 @@ def _free_port() -> int:
 
 class LocalProvider:
     name = "local"
+    probe_interval = 0.005  # a refused loopback connect costs ~0.1 ms: found within 5 ms
 
     def __init__(self, config: LocalProviderConfig) -> None:
         self.config = config
