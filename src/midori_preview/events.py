@@ -4,7 +4,7 @@ serve any sandbox's event stream."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,24 @@ class EventBus:
                 await pipe.execute()
         except RedisError as exc:
             log.warning("events.publish_failed", sandbox_id=sandbox_id, error=type(exc).__name__)
+
+    async def publish_many(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """`publish` for many (sandbox id, kind, data) in one round trip (the reaper's batches)."""
+        if not events:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sandbox_id, kind, data in events:
+                    pipe.xadd(
+                        self.key(sandbox_id),
+                        {"kind": kind, "data": json.dumps(data, ensure_ascii=False)},
+                        maxlen=self.maxlen,
+                        approximate=True,
+                    )
+                    pipe.expire(self.key(sandbox_id), self.ttl)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("events.publish_failed", events=len(events), error=type(exc).__name__)
 
     async def last_id(self, sandbox_id: str) -> str:
         """The id of the stream's newest event ("0-0" for none): follow after it for new ones."""

@@ -18,6 +18,7 @@ so a late heartbeat cannot reload it from a row read before the stop."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -239,6 +240,22 @@ class BeatStore:
             keys=[self.record_key(sandbox_id)], args=[mode, at, TOMBSTONE_SECONDS]
         )
         return str(res) == "closed"
+
+    async def close_many(self, records: Sequence[tuple[str, datetime | None]]) -> set[str]:
+        """`close` for many (sandbox id, seen) in one round trip: the ids a heartbeat came to
+        after their `seen` (left open: watched after all)."""
+        if not records:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sandbox_id, seen in records:
+                mode, at = ("idle", micros(seen)) if seen is not None else ("any", 0)
+                await self._close(
+                    keys=[self.record_key(sandbox_id)],
+                    args=[mode, at, TOMBSTONE_SECONDS],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return {sid for (sid, _), res in zip(records, results, strict=True) if str(res) != "closed"}
 
     async def claim_batches(self) -> list[str]:
         """Move the pending links aside as a batch; every batch to apply, oldest first."""
