@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -213,26 +213,37 @@ class Reaper:
         self,
         fetch: Callable[[Key | None], Awaitable[list[Sandbox]]],
         key: Callable[[Sandbox], Key],
-        act: Callable[[list[Sandbox]], Awaitable[int]],
+        act: Callable[[list[Sandbox]], Coroutine[Any, Any, int]],
     ) -> int:
         """Act on every due row, a bounded batch at a time (`act` takes the batch and says how
         many it acted on), until a query finds none left: no number of healthy rows can hide a
         due one. Keyset order, so a row that could not be acted on is not read again in this
-        pass."""
+        pass. The next batch is read and acted on while the one before finishes (its provider
+        calls are in flight): at most two batches at once."""
         done = 0
         after: Key | None = None
-        while True:
-            rows = await fetch(after)
-            if not rows:
-                return done
-            done += await act(rows)
-            if len(rows) < self.settings.reaper_batch_size:
-                return done
-            after = key(rows[-1])
+        acting: list[asyncio.Task[int]] = []
+        try:
+            while True:
+                rows = await fetch(after)
+                if rows:
+                    acting.append(asyncio.create_task(act(rows)))
+                if len(acting) == 2:
+                    done += await acting.pop(0)
+                if len(rows) < self.settings.reaper_batch_size:
+                    break
+                after = key(rows[-1])
+            while acting:
+                done += await acting.pop(0)
+        finally:
+            for task in acting:  # a batch failed: the other one is not left running
+                task.cancel()
+            await asyncio.gather(*acting, return_exceptions=True)
+        return done
 
     def _one_by_one(
         self, act: Callable[[Sandbox], Awaitable[bool]]
-    ) -> Callable[[list[Sandbox]], Awaitable[int]]:
+    ) -> Callable[[list[Sandbox]], Coroutine[Any, Any, int]]:
         """A batch's rows acted on one at a time, at most REAPER_CONCURRENCY at once."""
 
         async def bounded(row: Sandbox) -> bool:
