@@ -96,5 +96,5 @@ class Transitions:
         if moved and before_announce is not None:
             await before_announce(moved)
         event = {"status": target, **(announce or {})}
-        await self.events.publish_many([(sandbox_id, "status", event) for sandbox_id in moved])
+        await self.events.publish_many("status", [(sandbox_id, event) for sandbox_id in moved])
         return moved
