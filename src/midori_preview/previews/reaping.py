@@ -1,13 +1,13 @@
 """The reaper's stops, a batch of due rows at a time (idle, expired): what `Stops.reap` does for
 one row, with the round trips shared by the batch.
 
-1. The running rows' beat records are closed in one Redis round trip (`BeatStore.close_many`):
+1. The running rows' beat records are closed in one script call (`BeatStore.close_many`):
    no heartbeat charges them from here on — except a row an idle stop read before a heartbeat
    came, which stays open and is left running.
 2. The rest are claimed `stopping` in ONE compare-and-set UPDATE (`Transitions.move_many`): each
    row only if it is still in its state as read and, for an idle stop, its `last_heartbeat_at` is
    still the one read (a heartbeat written since keeps it running). Their `status` events go out
-   in one round trip.
+   in one script call.
 3. Their provider sandboxes are deleted concurrently, at most REAPER_CONCURRENCY at a time. A row
    whose delete fails stays `stopping` (the reaper retries it: `stuck_stopping_rows`), as after a
    single stop's failed delete.
