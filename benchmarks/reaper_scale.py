@@ -148,3 +148,23 @@ async def _plans(services: Any) -> list[str]:
             index = [part.split()[0] for part in plan.split(" using ")[1:]]
             found.append(f"{'/'.join(scans)} {','.join(sorted(set(index)))}")
     return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Only this section: `python benchmarks/reaper_scale.py --idle 10000`."""
+    import argparse
+    import json
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--watched", type=int, default=100_000)
+    parser.add_argument("--idle", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="midori-bench-reaper-") as tmp:
+        r = asyncio.run(measure(args.watched, args.idle, Path(tmp)))
+    r["load1"] = os.getloadavg()[0]
+    print(json.dumps(r, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,7 @@ serve any sandbox's event stream."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,16 @@ log = get_logger(__name__)
 
 # A blocking read waits less than the Redis client's socket timeout (kv.py: 5 s).
 BLOCK_MS = 4000
+
+# KEYS: the streams. ARGV: 1 maxlen (approximate), 2 ttl seconds, 3 kind, 4.. each one's data.
+# What `publish` does for each key, as one command.
+PUBLISH_MANY = """
+for i, key in ipairs(KEYS) do
+  redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], '*', 'kind', ARGV[3], 'data', ARGV[3 + i])
+  redis.call('EXPIRE', key, tonumber(ARGV[2]))
+end
+return #KEYS
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +45,7 @@ class EventBus:
         self.prefix = prefix
         self.maxlen = maxlen
         self.ttl = ttl_seconds
+        self._publish_many = redis.register_script(PUBLISH_MANY)
 
     def key(self, sandbox_id: str) -> str:
         return f"{self.prefix}:events:{sandbox_id}"
@@ -53,6 +64,22 @@ class EventBus:
                 await pipe.execute()
         except RedisError as exc:
             log.warning("events.publish_failed", sandbox_id=sandbox_id, error=type(exc).__name__)
+
+    async def publish_many(self, kind: str, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """`publish` of one kind for many (sandbox id, data), in one script call: the reaper's
+        batches (one command, not two per event)."""
+        if not events:
+            return
+        try:
+            await self._publish_many(
+                keys=[self.key(sandbox_id) for sandbox_id, _ in events],
+                args=[
+                    self.maxlen, self.ttl, kind,
+                    *(json.dumps(data, ensure_ascii=False) for _, data in events),
+                ],
+            )  # fmt: skip
+        except RedisError as exc:
+            log.warning("events.publish_failed", events=len(events), error=type(exc).__name__)
 
     async def last_id(self, sandbox_id: str) -> str:
         """The id of the stream's newest event ("0-0" for none): follow after it for new ones."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -172,7 +172,7 @@ class Reaper:
                 now, after=after, limit=s.reaper_batch_size
             ),
             lambda row: (now, row.id),
-            self._fail_lost_build,
+            self._one_by_one(self._fail_lost_build),
         )
         stuck_before = now - timedelta(seconds=60)
         counts["stopRetried"] += await self._each_due(
@@ -180,7 +180,7 @@ class Reaper:
                 stuck_before, after=after, limit=s.reaper_batch_size
             ),
             lambda row: (row.updated_at, row.id),
-            self._retry_stop,
+            self._one_by_one(self._retry_stop),
         )
         counts["keptAlive"] += await self._keep_watched_alive(now)
         for outcome, n in (await self.service.drain_deletes()).items():
@@ -206,48 +206,68 @@ class Reaper:
                 limit=self.settings.reaper_batch_size,
             ),
             lambda row: (seen_at(row), row.id),
-            lambda row: self._reap_idle(row, now),
+            lambda rows: self._reap_idle(rows, now),
         )
 
     async def _each_due(
         self,
         fetch: Callable[[Key | None], Awaitable[list[Sandbox]]],
         key: Callable[[Sandbox], Key],
-        act: Callable[[Sandbox], Awaitable[bool]],
+        act: Callable[[list[Sandbox]], Coroutine[Any, Any, int]],
     ) -> int:
-        """Act on every due row, a bounded batch at a time (at most REAPER_CONCURRENCY at once),
-        until a query finds none left: no number of healthy rows can hide a due one. Keyset
-        order, so a row that could not be acted on is not read again in this pass."""
+        """Act on every due row, a bounded batch at a time (`act` takes the batch and says how
+        many it acted on), until a query finds none left: no number of healthy rows can hide a
+        due one. Keyset order, so a row that could not be acted on is not read again in this
+        pass. The next batch is read and acted on while the one before finishes (its provider
+        calls are in flight): at most two batches at once."""
         done = 0
         after: Key | None = None
-        while True:
-            rows = await fetch(after)
-            if not rows:
-                return done
-            done += sum(await asyncio.gather(*(self._bounded(act, row) for row in rows)))
-            if len(rows) < self.settings.reaper_batch_size:
-                return done
-            after = key(rows[-1])
+        acting: list[asyncio.Task[int]] = []
+        try:
+            while True:
+                rows = await fetch(after)
+                if rows:
+                    acting.append(asyncio.create_task(act(rows)))
+                if len(acting) == 2:
+                    done += await acting.pop(0)
+                if len(rows) < self.settings.reaper_batch_size:
+                    break
+                after = key(rows[-1])
+            while acting:
+                done += await acting.pop(0)
+        finally:
+            for task in acting:  # a batch failed: the other one is not left running
+                task.cancel()
+            await asyncio.gather(*acting, return_exceptions=True)
+        return done
 
-    async def _bounded(self, act: Callable[[Sandbox], Awaitable[bool]], row: Sandbox) -> bool:
-        async with self._slots:
-            return await act(row)
+    def _one_by_one(
+        self, act: Callable[[Sandbox], Awaitable[bool]]
+    ) -> Callable[[list[Sandbox]], Coroutine[Any, Any, int]]:
+        """A batch's rows acted on one at a time, at most REAPER_CONCURRENCY at once."""
 
-    async def _reap_idle(self, row: Sandbox, now: datetime) -> bool:
-        # claimed only if no heartbeat arrived since it was read
-        if not await self.service.reap(
-            row, "idle", expect={"last_heartbeat_at": row.last_heartbeat_at}
-        ):
-            return False
-        idle = int((now - seen_at(row)).total_seconds())
-        log.info("cleanup.idle", sandbox_id=row.id, idle_seconds=idle, visible=row.visible)
-        return True
+        async def bounded(row: Sandbox) -> bool:
+            async with self._slots:
+                return await act(row)
 
-    async def _reap_expired(self, row: Sandbox) -> bool:
-        if not await self.service.reap(row, "expired"):
-            return False
-        log.info("cleanup.expired", sandbox_id=row.id)
-        return True
+        async def each(rows: list[Sandbox]) -> int:
+            return sum(await asyncio.gather(*(bounded(row) for row in rows)))
+
+        return each
+
+    async def _reap_idle(self, rows: list[Sandbox], now: datetime) -> int:
+        # each claimed only if no heartbeat arrived since it was read
+        reaped = await self.service.reap_many(rows, "idle")
+        for row in reaped:
+            idle = int((now - seen_at(row)).total_seconds())
+            log.info("cleanup.idle", sandbox_id=row.id, idle_seconds=idle, visible=row.visible)
+        return len(reaped)
+
+    async def _reap_expired(self, rows: list[Sandbox]) -> int:
+        reaped = await self.service.reap_many(rows, "expired")
+        for row in reaped:
+            log.info("cleanup.expired", sandbox_id=row.id)
+        return len(reaped)
 
     async def _fail_lost_build(self, row: Sandbox) -> bool:
         if row.id in self.service.builds_in_flight():
@@ -278,7 +298,7 @@ class Reaper:
                 seen_after=cutoff, after=after, limit=s.reaper_batch_size
             ),
             lambda row: (seen_at(row), row.id),
-            self.service.keep_alive,
+            self._one_by_one(self.service.keep_alive),
         )
 
     # --- reconcile --------------------------------------------------------------------------

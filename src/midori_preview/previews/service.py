@@ -5,6 +5,7 @@ integration call it; each use case lives in its own module:
 - `builds.py` + `pipeline.py`: the build in the background (create → … → running)
 - `heartbeats.py` + `charging.py`: heartbeats, preview time, the day's cap
 - `stops.py`: stop, reap, retry a stuck stop, fail a lost build, close a lost row
+- `reaping.py`: the reaper's stops, a batch of due rows at a time
 - `views.py`: the status answers
 - `transitions.py`: every state change (checked against `states.py`, CAS, `status` event)"""
 
@@ -33,6 +34,7 @@ from midori_preview.previews.charging import Charger
 from midori_preview.previews.deletes import Deletes
 from midori_preview.previews.heartbeats import Heartbeats
 from midori_preview.previews.pipeline import Pipeline, PipelineSettings
+from midori_preview.previews.reaping import Reaping
 from midori_preview.previews.schemas import (
     Created,
     CreatePreview,
@@ -121,6 +123,7 @@ class PreviewService:
             links=links,
             deletes=self.deletes,
         )
+        self.reaping = self._reaping(charger)  # the reaper's stops, a batch at a time
         self.heartbeats = Heartbeats(
             settings=settings,
             sandboxes=sandboxes,
@@ -147,6 +150,18 @@ class PreviewService:
             quota=self.quota,
             tz=self.tz,
             slot_lease_seconds=self.slot_lease_seconds,
+        )
+
+    def _reaping(self, charger: Charger) -> Reaping:
+        return Reaping(
+            transitions=self.transitions,
+            beats=charger.beats,
+            quota=self.quota,
+            provider=self.provider,
+            builds=self.builds,
+            stops=self.stops,
+            clock=self.clock,
+            concurrency=self.settings.reaper_concurrency,
         )
 
     def _admission(
@@ -313,6 +328,11 @@ class PreviewService:
     ) -> bool:
         """Stop `row` if it is still as read (state and `expect`ed columns); False otherwise."""
         return await self.stops.reap(row, reason, expect=expect)
+
+    async def reap_many(self, rows: Sequence[Sandbox], reason: str) -> list[Sandbox]:
+        """Stop each of `rows` still as read (for `idle`: no heartbeat since), a batch at a time
+        (`previews.reaping`): the rows this caller claimed."""
+        return await self.reaping.reap(rows, reason)
 
     async def retry_stop(self, row: Sandbox) -> PreviewStatus:
         """Finish a stop whose provider delete failed (the row is still `stopping`)."""

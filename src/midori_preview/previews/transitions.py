@@ -1,7 +1,8 @@
 """Every change of a sandbox's state goes through `Transitions.move`: checked against the state
 table (`states.TRANSITIONS`), written as one compare-and-set in the repository, and announced as
 a `status` event. The pipeline's steps, stops, reaping, failed and lost builds, closes of rows
-whose provider sandbox is gone, and GitHub's teardown (a stop) all come here."""
+whose provider sandbox is gone, and GitHub's teardown (a stop) all come here; the reaper's
+batches through `move_many` (one statement and one event round trip for many rows)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from midori_preview.clock import Clock
+from midori_preview.db.sandbox_batches import transition_many
 from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.db.usage import LedgerEntry
 from midori_preview.events import EventBus
@@ -60,4 +62,39 @@ class Transitions:
             if before_announce is not None:
                 await before_announce()
             await self.events.publish(sandbox_id, "status", {"status": target, **(announce or {})})
+        return moved
+
+    async def move_many(
+        self,
+        rows: Sequence[tuple[str, SandboxStatus]],
+        target: SandboxStatus,
+        *,
+        now: datetime | None = None,
+        expect: Mapping[str, Mapping[str, Any]] | None = None,
+        announce: Mapping[str, Any] | None = None,
+        before_announce: Callable[[list[str]], Awaitable[None]] | None = None,
+        **fields: Any,
+    ) -> list[str]:
+        """`move` for many rows at once: each of `rows` (id, its state as read) moves only if it
+        is still in that state (and each `expect`ed column still holds the value given for its
+        id) — one compare-and-set per row in one statement. The ids moved; for each, what
+        `move` does: the metrics, then `before_announce` (once, with all of them), then its
+        `status` event (all in one round trip)."""
+        if not rows:
+            return []
+        states.check({status for _, status in rows}, target)
+        moved = await transition_many(
+            self.sandboxes.db,
+            rows,
+            to_status=target,
+            now=now or self.clock.now(),
+            expect=expect,
+            **fields,
+        )
+        for _ in moved:
+            record_moved(target, fields, announce, ())
+        if moved and before_announce is not None:
+            await before_announce(moved)
+        event = {"status": target, **(announce or {})}
+        await self.events.publish_many("status", [(sandbox_id, event) for sandbox_id in moved])
         return moved

@@ -18,6 +18,7 @@ so a late heartbeat cannot reload it from a row read before the stop."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -114,6 +115,26 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 'closed'
 """
 
+# CLOSE for many records at once (the reaper's batches). KEYS: the records. ARGV: 1 tombstone
+# ttl, 1+i: key i's seen µs ('' = close whatever came). → the indexes (1-based) left open.
+CLOSE_MANY = """
+local fresh = {}
+for i, key in ipairs(KEYS) do
+  local keep = false
+  if ARGV[1 + i] ~= '' and redis.call('HGET', key, 'st') == 'open' then
+    local last = tonumber(redis.call('HGET', key, 'last') or '0')
+    keep = last > tonumber(ARGV[1 + i])
+  end
+  if keep then
+    fresh[#fresh + 1] = i
+  else
+    redis.call('HSET', key, 'st', 'closed')
+    redis.call('EXPIRE', key, tonumber(ARGV[1]))
+  end
+end
+return fresh
+"""
+
 # KEYS: 1 pending list, 2 batches list, 3 batch counter. ARGV: batch key prefix.
 # → the batch keys to apply, oldest first (a batch left by a dead replica comes first).
 CLAIM = """
@@ -192,6 +213,7 @@ class BeatStore:
         self.prefix = prefix
         self._beat = redis.register_script(BEAT)
         self._close = redis.register_script(CLOSE)
+        self._close_many = redis.register_script(CLOSE_MANY)
         self._claim = redis.register_script(CLAIM)
         self.pending_key = f"{prefix}:beats:pending"
         self.batches_key = f"{prefix}:beats:batches"
@@ -239,6 +261,17 @@ class BeatStore:
             keys=[self.record_key(sandbox_id)], args=[mode, at, TOMBSTONE_SECONDS]
         )
         return str(res) == "closed"
+
+    async def close_many(self, records: Sequence[tuple[str, datetime | None]]) -> set[str]:
+        """`close` for many (sandbox id, seen) in one call: the ids a heartbeat came to after
+        their `seen` (left open: watched after all)."""
+        if not records:
+            return set()
+        left_open = await self._close_many(
+            keys=[self.record_key(sandbox_id) for sandbox_id, _ in records],
+            args=[TOMBSTONE_SECONDS, *("" if s is None else micros(s) for _, s in records)],
+        )
+        return {records[int(i) - 1][0] for i in left_open}
 
     async def claim_batches(self) -> list[str]:
         """Move the pending links aside as a batch; every batch to apply, oldest first."""

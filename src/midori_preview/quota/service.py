@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +63,14 @@ class QuotaService:
 
     async def release_slot(self, owner: str, sandbox_id: str) -> None:
         await self.redis.zrem(self.slots_key(owner), sandbox_id)
+
+    async def release_slots(self, slots: Sequence[tuple[str, str]]) -> None:
+        """Free many (owner, sandbox id) slots in one round trip."""
+        if slots:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for owner, sandbox_id in slots:
+                    pipe.zrem(self.slots_key(owner), sandbox_id)
+                await pipe.execute()
 
     async def slot_holders(self, owner: str) -> list[str]:
         return [str(m) for m in await self.redis.zrange(self.slots_key(owner), 0, -1)]
