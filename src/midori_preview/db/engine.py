@@ -20,7 +20,7 @@ from sqlalchemy.util import await_
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -37,7 +37,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # replaced at checkout instead of failing a request; it costs one short round trip per
     # checkout. A connection dropped mid-query still fails its request: 503, never 500
     # (`db/errors.py`), and SQLAlchemy then invalidates the whole pool.
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=20, pool_recycle=1800)
+    # `pool_size` connections are kept; up to `max_overflow` more are opened under a burst and
+    # closed again when returned (a connect is the dearest thing a read can do: so the pool keeps
+    # enough for the requests one replica has in flight at a few hundred per second).
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
     event.listen(engine.sync_engine, "checkout", _ping)
     return engine
 
