@@ -95,7 +95,10 @@ async def build_services(
     if run_migrations:
         await upgrade_head_async(db_url)
     engine = make_engine(db_url)
-    db = Repositories.on(Database(engine))
+    unpinged = (
+        None if db_url.startswith("sqlite") else make_engine(db_url, pool_size=10, ping=False)
+    )
+    db = Repositories.on(Database(engine, unpinged))
     kv = redis if redis is not None else make_redis(settings.redis_url)
     prefix = f"mp:{settings.preview_deployment}"
     quota = QuotaService(kv, prefix=prefix)

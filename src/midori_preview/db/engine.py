@@ -20,7 +20,9 @@ from sqlalchemy.util import await_
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 20, ping: bool = True) -> AsyncEngine:
+    """`ping=False`: no pre-ping, for reads that retry on a dropped connection themselves
+    (`db/status_rows.py`)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -41,7 +43,8 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     # closed again when returned (a connect is the dearest thing a read can do: so the pool keeps
     # enough for the requests one replica has in flight at a few hundred per second).
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
-    event.listen(engine.sync_engine, "checkout", _ping)
+    if ping:
+        event.listen(engine.sync_engine, "checkout", _ping)
     return engine
 
 

@@ -1,6 +1,8 @@
 """The status answer's read (`GET /status`, the busiest read there is): one Core statement on an
 autocommit connection: no ORM session or identity map, no BEGIN/ROLLBACK, only the columns the
-answer shows. Postgres is read on every call, so the answer is never behind a transition, on any
+answer shows, and no pre-ping: the statement is its own ping, run again once on a fresh
+connection when the server had dropped the pooled one (a read is safe to repeat). One round
+trip. Postgres is read on every call, so the answer is never behind a transition, on any
 replica."""
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.exc import DBAPIError
 
 from midori_preview.db.database import Database
 from midori_preview.db.models import Sandbox
@@ -48,10 +51,21 @@ _FOR_USER = select(*(_TABLE.c[f.name] for f in fields(StatusRow))).where(
 
 class StatusRows:
     def __init__(self, db: Database) -> None:
-        self.engine = db.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.engine = db.unpinged_reads
 
     async def for_user(self, sandbox_id: str, user_id: str) -> StatusRow | None:
         """The sandbox's status columns if `user_id` owns it (else None, as for no row)."""
+        params = {"id": sandbox_id, "user": user_id}
+        try:
+            return await self._read(params)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # Dropped (restart, failover, pg_terminate_backend): SQLAlchemy has invalidated the
+            # pool's older connections, so this takes a new one. A second failure is the answer.
+            return await self._read(params)
+
+    async def _read(self, params: dict[str, str]) -> StatusRow | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(_FOR_USER, {"id": sandbox_id, "user": user_id})).first()
+            row = (await conn.execute(_FOR_USER, params)).first()
         return StatusRow(*row) if row is not None else None
