@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from midori_preview.body_guard import BodyGuardMiddleware
@@ -20,7 +20,7 @@ from midori_preview.handlers import install_error_handlers
 from midori_preview.health_routes import router as health_router
 from midori_preview.logging import configure_logging
 from midori_preview.middleware import BodyLimitMiddleware, PreviewHostMiddleware
-from midori_preview.observability.context import RequestContextMiddleware, bind_request_sandbox
+from midori_preview.observability.context import RequestContextMiddleware
 from midori_preview.observability.routes import router as observability_router
 from midori_preview.previews.admin_routes import router as admin_router
 from midori_preview.previews.routes import router as previews_router
@@ -66,7 +66,6 @@ def create_app(
         version="0.1.0",
         description="Live, private previews of Midori projects in isolated sandboxes.",
         lifespan=lifespan,
-        dependencies=[Depends(bind_request_sandbox)],  # the sandbox id on the request's logs
     )
     install_error_handlers(app)
     install_body_guard(app)

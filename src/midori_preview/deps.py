@@ -15,6 +15,7 @@ from midori_preview.auth import Principal
 from midori_preview.bootstrap import Services
 from midori_preview.errors import Forbidden
 from midori_preview.github.service import GitHubService
+from midori_preview.observability.context import bind_sandbox_id
 from midori_preview.previews.admin import AdminService
 from midori_preview.previews.service import PreviewService
 from midori_preview.settings import Settings
@@ -46,7 +47,10 @@ async def get_github(services: ServicesDep) -> GitHubService:
 
 
 async def current_user(request: Request, services: ServicesDep) -> Principal:
-    """The authenticated caller (401 otherwise)."""
+    """The authenticated caller (401 otherwise). The path's sandbox id goes on the request's
+    logs here (every route with one authenticates; the query's and the body's are bound by
+    `RequestContextMiddleware`), not in an app-wide dependency that every request would pay."""
+    bind_sandbox_id(request.path_params.get("sandbox_id"))
     principal = await services.authenticator.authenticate(request)
     request.state.principal = principal
     return principal
