@@ -48,6 +48,13 @@ def make_engine(url: str, *, pool_size: int = 20, ping: bool = True) -> AsyncEng
     return engine
 
 
+def make_unpinged_engine(url: str) -> AsyncEngine | None:
+    """Postgres: a small pool without the pre-ping, for the status read (`status_rows.py`),
+    which repeats itself once on a dropped connection instead. None for SQLite (nothing to
+    ping: the one engine serves)."""
+    return None if url.startswith("sqlite") else make_engine(url, pool_size=10, ping=False)
+
+
 def _ping(dbapi_connection: DBAPIConnection, *_: object) -> None:
     """The pre-ping, as one round trip (`;`). SQLAlchemy's own (`pool_pre_ping`) wraps it in
     BEGIN … ROLLBACK for pgbouncer's transaction mode: three round trips per checkout, most of a
