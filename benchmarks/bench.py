@@ -3,6 +3,7 @@ a real server process (Postgres + Redis, one uvicorn worker). Prints one Markdow
 
     .venv/bin/python benchmarks/bench.py            # the full run (under 10 minutes)
     .venv/bin/python benchmarks/bench.py --smoke    # seconds: every section, tiny sizes
+    .venv/bin/python benchmarks/bench.py --only load --rates 300 --seconds 10  # load rows only
 
 Sections: heartbeat / status / the bare JSON endpoint (`/healthz`) under open-loop load at fixed
 rates (h2load); time to preview beside the floor and the original Midori flow; the reaper at
