@@ -3,6 +3,7 @@ a real server process (Postgres + Redis, one uvicorn worker). Prints one Markdow
 
     .venv/bin/python benchmarks/bench.py            # the full run (under 10 minutes)
     .venv/bin/python benchmarks/bench.py --smoke    # seconds: every section, tiny sizes
+    .venv/bin/python benchmarks/bench.py --only load --rates 300 --seconds 10  # load rows only
 
 Sections: heartbeat / status / the bare JSON endpoint (`/healthz`) under open-loop load at fixed
 rates (h2load); time to preview beside the floor and the original Midori flow; the reaper at
@@ -82,11 +83,15 @@ async def _touch(server: Server, live: list[tuple[str, str]]) -> None:
     await asyncio.gather(*(one(u, s) for u, s in live))
 
 
-async def service_rows(smoke: bool) -> list[Row]:
+async def service_rows(
+    smoke: bool, load_only: bool = False, plan: tuple[list[float], float] | None = None
+) -> list[Row]:
     rows: list[Row] = []
     live_n = 20 if smoke else 200
     rates = [50.0] if smoke else [100.0, 300.0, 1000.0]
     seconds = 1.0 if smoke else 20.0
+    if plan is not None:
+        rates, seconds = plan
     async with reaper_scale.scratch_database() as url:
         env = {"DATABASE_URL": url, "REDIS_URL": REDIS_URL}
         async with served(env) as server:
@@ -105,6 +110,8 @@ async def service_rows(smoke: bool) -> list[Row]:
                 _met(per <= 0.5),
             ])  # fmt: skip
             rows += await _load_rows(server, live, rates, seconds)
+            if load_only:
+                return rows
             runs = 1 if smoke else 5
             rows += _preview_rows(await previews.measure(server, runs, vite=not smoke))
             rows += await live_update_rows(server.base, server.client, runs)
@@ -135,7 +142,9 @@ async def _load_rows(
         "status": [load.status_target(server.base, u, s) for u, s in spread],
     }  # fmt: skip
     for rate in rates:
-        res = {name: await load.open_loop(t, rate, seconds) for name, t in kinds.items()}
+        res = {
+            name: await load.open_loop(t, rate, seconds, server.pid) for name, t in kinds.items()
+        }
         bare = res["bare /healthz"]
         for name, r in res.items():
             ratio = r.achieved / bare.achieved if bare.achieved else 0.0
@@ -146,7 +155,8 @@ async def _load_rows(
             rows.append([
                 f"{name} @ {rate:.0f} req/s offered, {seconds:.0f} s",
                 f"{r.achieved:.0f} req/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms"
-                + (f", {r.errors} errors" if r.errors else ""),
+                + (f", {r.errors} errors" if r.errors else "")
+                + f"; server CPU {r.cpu_ms:.2f} ms/req",
                 "" if name == "bare /healthz" else
                 f"bare: {bare.achieved:.0f} req/s, p99 {bare.p99_ms:.1f} ms",
                 "" if name == "bare /healthz" else f"{ratio:.2f}×", target, _met(met),
@@ -248,7 +258,15 @@ async def daytona_rows(smoke: bool) -> list[Row]:
     ]
 
 
-async def run(smoke: bool, idle_full: int, network_only: bool = False) -> list[Row]:
+async def run(
+    smoke: bool,
+    idle_full: int,
+    network_only: bool = False,
+    only: str | None = None,
+    plan: tuple[list[float], float] | None = None,
+) -> list[Row]:
+    if only == "load":
+        return await service_rows(smoke, load_only=True, plan=plan)
     if network_only:
         return await network.network_rows(1 if smoke else 30)
     rows = await reaper_rows(smoke, idle_full)
@@ -274,9 +292,20 @@ def main(argv: list[str] | None = None) -> None:
         help="Only the sandbox-network row: a static preview with each sandbox in a network of "
         "its own against the host's network (30 interleaved runs).",
     )
+    parser.add_argument(
+        "--only",
+        choices=["load"],
+        help="One section: `load` = the service's memory rows and the open-loop load rows "
+        "(heartbeat, status, bare) alone (~5 min less than the full run).",
+    )
+    parser.add_argument(
+        "--rates", help="With --only load: the offered rates, e.g. `300` or `100,300,1000`."
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="With --rates: per rate.")
     args = parser.parse_args(argv)
+    plan = ([float(r) for r in args.rates.split(",")], args.seconds) if args.rates else None
     started = time.perf_counter()
-    rows = asyncio.run(run(args.smoke, args.reaper_idle, args.network))
+    rows = asyncio.run(run(args.smoke, args.reaper_idle, args.network, args.only, plan))
     took = time.perf_counter() - started
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]

@@ -1,7 +1,9 @@
 """Open-loop load at fixed arrival rates with h2load (nghttp2's C load generator, Debian package
 `nghttp2-client`; wrk2 is not packaged in Debian, wrk only runs closed-loop). `--rps` paces each
 client; many clients with a low rate each keep the offered rate fixed even when answers slow
-down (one connection per client over HTTP/1.1). Latencies come from h2load's per-request log."""
+down (one connection per client over HTTP/1.1). Latencies come from h2load's per-request log.
+The clients of one h2load process fire together, so a rate is split over staggered processes
+(`jobs`) to arrive spread out, as independent browsers' requests do."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     errors: int  # non-2xx or failed requests
+    cpu_ms: float = float("nan")  # the server's CPU time per answered request (user + system)
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,48 @@ def available() -> bool:
     return shutil.which("h2load") is not None
 
 
-async def _one(target: Target, rate: float, seconds: float, log: Path) -> int:
-    clients = max(1, min(64, int(rate // 5) or 1))
-    per_client = rate / clients
+PER_CLIENT = 5.0  # req/s each h2load client sends (one HTTP/1.1 connection each)
+PROCESSES = 12  # h2load processes a rate is split over, started staggered
+
+
+@dataclass(frozen=True)
+class Job:
+    """One h2load process: `clients` connections of `target`, each at `rps`, started `delay`
+    seconds after the first."""
+
+    target: Target
+    clients: int
+    rps: float
+    delay: float
+
+
+def jobs(targets: list[Target], rate: float, *, stagger: bool = True) -> list[Job]:
+    """The h2load processes that offer `rate` req/s over `targets`. The clients of one h2load
+    process send in lockstep (each connects at once and fires on its own `--rps` timer): 60
+    clients at 5 req/s are a burst of 60 requests every 200 ms, not 300 req/s. Staggered, the
+    clients are split over about PROCESSES processes whose starts are spread evenly over one
+    period, so arrivals come in small bursts all through it (`stagger=False`: one process per
+    target, started together, as before)."""
+    per_target = rate / len(targets)
+    clients = max(1, min(64, int(per_target // PER_CLIENT) or 1))
+    rps = per_target / clients
+    parts = min(clients, max(1, -(-PROCESSES // len(targets)))) if stagger else 1
+    split = [(t, clients // parts + (i < clients % parts)) for t in targets for i in range(parts)]
+    period = 1 / rps
+    return [
+        Job(t, n, rps, (j * period / len(split)) if stagger else 0.0)
+        for j, (t, n) in enumerate(split)
+    ]
+
+
+async def _one(job: Job, seconds: float, log: Path) -> int:
+    await asyncio.sleep(job.delay)
+    target = job.target
     argv = [
         "h2load",
         "--h1",
-        f"-c{clients}",
-        f"--rps={per_client:.3f}",
+        f"-c{job.clients}",
+        f"--rps={job.rps:.3f}",
         f"-D{max(1, int(seconds))}",
     ]
     argv += ["--log-file", str(log)]
@@ -68,16 +105,31 @@ async def _one(target: Target, rate: float, seconds: float, log: Path) -> int:
             os.unlink(data)
 
 
-async def open_loop(targets: list[Target], rate: float, seconds: float) -> LoadResult:
-    """`rate` req/s in total, spread evenly over `targets` (one h2load each), for `seconds`."""
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system, /proc/<pid>/stat): per request, a measure
+    that other load on a shared machine moves much less than latency."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def open_loop(
+    targets: list[Target],
+    rate: float,
+    seconds: float,
+    pid: int | None = None,
+    *,
+    stagger: bool = True,
+) -> LoadResult:
+    """`rate` req/s in total, spread evenly over `targets` (see `jobs`), for `seconds`; with
+    the server's `pid`, its CPU time per answered request too."""
+    planned = jobs(targets, rate, stagger=stagger)
     with tempfile.TemporaryDirectory() as tmp:
-        logs = [Path(tmp) / f"{i}.log" for i in range(len(targets))]
+        logs = [Path(tmp) / f"{i}.log" for i in range(len(planned))]
+        cpu_before = cpu_seconds(pid) if pid is not None else 0.0
         await asyncio.gather(
-            *(
-                _one(t, rate / len(targets), seconds, log)
-                for t, log in zip(targets, logs, strict=True)
-            )
+            *(_one(job, seconds, log) for job, log in zip(planned, logs, strict=True))
         )
+        cpu = cpu_seconds(pid) - cpu_before if pid is not None else float("nan")
         lat: list[float] = []
         good = errors = 0
         for log in logs:
@@ -99,6 +151,7 @@ async def open_loop(targets: list[Target], rate: float, seconds: float) -> LoadR
         p50_ms=pct(lat, 0.5),
         p99_ms=pct(lat, 0.99),
         errors=errors,
+        cpu_ms=cpu * 1000 / (good + errors) if good + errors else float("nan"),
     )
 
 

@@ -17,7 +17,7 @@ from midori_preview.auth import Authenticator
 from midori_preview.auth_nextauth import SessionCookieAuth
 from midori_preview.clock import Clock
 from midori_preview.db.database import Database
-from midori_preview.db.engine import make_engine, upgrade_head_async
+from midori_preview.db.engine import make_engine, make_unpinged_engine, upgrade_head_async
 from midori_preview.db.repositories import Repositories
 from midori_preview.events import EventBus
 from midori_preview.gateway.gateway import PreviewGateway
@@ -95,7 +95,7 @@ async def build_services(
     if run_migrations:
         await upgrade_head_async(db_url)
     engine = make_engine(db_url)
-    db = Repositories.on(Database(engine))
+    db = Repositories.on(Database(engine, make_unpinged_engine(db_url)))
     kv = redis if redis is not None else make_redis(settings.redis_url)
     prefix = f"mp:{settings.preview_deployment}"
     quota = QuotaService(kv, prefix=prefix)

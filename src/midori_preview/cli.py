@@ -21,7 +21,7 @@ def serve(
     from midori_preview.app import create_app
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, freeze_gc=True),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -11,8 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 
 class Database:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, unpinged: AsyncEngine | None = None) -> None:
         self.engine = engine
+        # A pool of its own whose connections are not pinged at checkout, for a hot read that
+        # retries once on a dropped connection instead (`status_rows.py`): its own statement is
+        # the ping. Autocommit. (None: the engine's own pool, pinged.)
+        self.unpinged = unpinged
+        self.unpinged_reads = (unpinged or engine).execution_options(isolation_level="AUTOCOMMIT")
         # Writes: one transaction each (`async with db.writes() as s, s.begin(): ...`).
         self.writes: async_sessionmaker[AsyncSession] = async_sessionmaker(
             engine, expire_on_commit=False
@@ -35,6 +40,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.unpinged is not None:
+            await self.unpinged.dispose()
 
 
 def dialect_insert(session: AsyncSession, table: Any) -> Any:

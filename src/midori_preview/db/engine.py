@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.engine.interfaces import AdaptedConnection, DBAPIConnection
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import await_
 
 # Inside the package, so that an installed wheel can migrate its database (alembic.ini at the
 # repository root points here too).
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 20, ping: bool = True) -> AsyncEngine:
+    """`ping=False`: no pre-ping, for reads that retry on a dropped connection themselves
+    (`db/status_rows.py`)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -34,9 +39,31 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # replaced at checkout instead of failing a request; it costs one short round trip per
     # checkout. A connection dropped mid-query still fails its request: 503, never 500
     # (`db/errors.py`), and SQLAlchemy then invalidates the whole pool.
-    return create_async_engine(
-        url, pool_size=pool_size, max_overflow=20, pool_recycle=1800, pool_pre_ping=True
-    )
+    # `pool_size` connections are kept; up to `max_overflow` more are opened under a burst and
+    # closed again when returned (a connect is the dearest thing a read can do: so the pool keeps
+    # enough for the requests one replica has in flight at a few hundred per second).
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
+    if ping:
+        event.listen(engine.sync_engine, "checkout", _ping)
+    return engine
+
+
+def make_unpinged_engine(url: str) -> AsyncEngine | None:
+    """Postgres: a small pool without the pre-ping, for the status read (`status_rows.py`),
+    which repeats itself once on a dropped connection instead. None for SQLite (nothing to
+    ping: the one engine serves)."""
+    return None if url.startswith("sqlite") else make_engine(url, pool_size=10, ping=False)
+
+
+def _ping(dbapi_connection: DBAPIConnection, *_: object) -> None:
+    """The pre-ping, as one round trip (`;`). SQLAlchemy's own (`pool_pre_ping`) wraps it in
+    BEGIN … ROLLBACK for pgbouncer's transaction mode: three round trips per checkout, most of a
+    status read's time. A failed ping replaces this connection and, like SQLAlchemy's,
+    invalidates the rest of the pool (a server that dropped one dropped them all)."""
+    try:
+        await_(cast("AdaptedConnection", dbapi_connection).driver_connection.fetchrow(";"))
+    except Exception as exc:
+        raise InvalidatePoolError(f"pre-ping failed: {type(exc).__name__}") from exc
 
 
 def alembic_config(url: str) -> Config:

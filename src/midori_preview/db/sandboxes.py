@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
+from midori_preview.db import beat_batches
 from midori_preview.db.database import Database, rows_changed
 from midori_preview.db.idempotency import insert_key
 from midori_preview.db.models import (
@@ -193,6 +194,11 @@ class SandboxRepository:
         tab's visibility) and charges its entries — only if `charged_until` is still `after`, so
         a segment applied twice charges once. The ids whose segment did not apply."""
         skipped: set[str] = set()
+        if self.db.dialect == "postgresql":  # a few statements per batch (`beat_batches.py`)
+            async with self.db.writes() as s, s.begin():
+                for segs in beat_batches.rounds(segments):
+                    skipped |= await beat_batches.apply_round(s, segs, now)
+            return skipped
         async with self.db.writes() as s, s.begin():
             for seg in segments:
                 cas = (

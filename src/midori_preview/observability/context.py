@@ -10,6 +10,7 @@ import json
 import re
 import secrets
 from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 from fastapi import Request
@@ -41,7 +42,9 @@ def bind_sandbox_id(value: Any) -> None:
 
 
 async def bind_request_sandbox(request: Request) -> None:
-    """An app-wide dependency: the sandbox of the path or the query, on the request's logs."""
+    """A dependency: the sandbox of the path or the query, on the request's logs. (The service
+    binds the query's in `RequestContextMiddleware` and the path's in `deps.current_user`: an
+    app-wide dependency costs every request, `/healthz` too, a fifth of its time.)"""
     bind_sandbox_id(request.path_params.get("sandbox_id"))
     bind_sandbox_id(request.query_params.get("sandboxId"))
 
@@ -60,6 +63,11 @@ class RequestContextMiddleware:
         before = structlog.contextvars.get_contextvars()
         request_id = request_id_of(scope)
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        query = scope.get("query_string", b"")
+        if b"sandboxId=" in query:
+            for name, value in parse_qsl(query.decode("latin-1")):
+                if name == "sandboxId":
+                    bind_sandbox_id(value)
         status = {"code": 0}
         started = WALL.monotonic()
 

@@ -22,8 +22,9 @@ from midori_preview.db.models import Sandbox
 from midori_preview.db.pending_deletes import PendingDeleteRepository
 from midori_preview.db.sandboxes import SandboxRepository
 from midori_preview.db.sources import SourceRepository
+from midori_preview.db.status_rows import StatusRows
 from midori_preview.db.usage import UsageRepository
-from midori_preview.errors import SandboxNotRunning
+from midori_preview.errors import SandboxNotFound, SandboxNotRunning
 from midori_preview.events import Event, EventBus
 from midori_preview.gateway.labels import PreviewLinks
 from midori_preview.logging import get_logger
@@ -97,6 +98,7 @@ class PreviewService:
         self.links = links  # the service's own preview links (the gateway serves them)
         self._upstreams: dict[str, Upstream] = {}  # rows that ran before upstreams were stored
         self.repo = sandboxes  # the sandbox rows (the GitHub exporter reads them too)
+        self.status_rows = StatusRows(sandboxes.db)  # the status answer's own lean read
         self.quota = quota
         self.events = events
         self.provider = provider
@@ -256,8 +258,13 @@ class PreviewService:
 
     async def status(self, sandbox_id: str, user_id: str | None) -> PreviewStatus:
         """The sandbox's status with the owner's usage today (404 unless `user_id` owns it)."""
-        row = await owned_row(self.repo, sandbox_id, user_id)
-        return status_of(row, self.links, usage=await self.usage(row.user_id))
+        if user_id is None:
+            row = await owned_row(self.repo, sandbox_id, None)
+            return status_of(row, self.links, usage=await self.usage(row.user_id))
+        found = await self.status_rows.for_user(sandbox_id, user_id)
+        if found is None:
+            raise SandboxNotFound("No such sandbox.", sandboxId=sandbox_id)
+        return status_of(found, self.links, usage=await self.usage(user_id))
 
     async def state(self, sandbox_id: str, user_id: str | None) -> PreviewStatus:
         """The status without usage: one row read (event streams re-check it while they wait)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from midori_preview.db.models import Sandbox
 from midori_preview.db.sandboxes import SandboxRepository
+from midori_preview.db.status_rows import StatusRow
 from midori_preview.errors import SandboxNotFound
 from midori_preview.gateway.labels import PreviewLinks
 from midori_preview.previews.schemas import Created, PreviewStatus, StepError, Usage
@@ -26,7 +27,7 @@ async def owned_row(sandboxes: SandboxRepository, sandbox_id: str, user_id: str 
     return row
 
 
-def error_of(row: Sandbox) -> StepError | None:
+def error_of(row: Sandbox | StatusRow) -> StepError | None:
     """How the build failed, as callers see it (our code and message, never vendor text)."""
     if not row.error_step:
         return None
@@ -38,7 +39,9 @@ def error_of(row: Sandbox) -> StepError | None:
     )
 
 
-def status_of(row: Sandbox, links: PreviewLinks, usage: Usage | None = None) -> PreviewStatus:
+def status_of(
+    row: Sandbox | StatusRow, links: PreviewLinks, usage: Usage | None = None
+) -> PreviewStatus:
     """The status answer; the preview's links and token while it is live (building or running:
     a building preview's link shows its build, then the site)."""
     live = row.status in LIVE and row.preview_token is not None
