@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     usage_timezone: str = Field("UTC", description="Where a usage day starts and ends.")
     max_concurrent_sandboxes_per_user: int = Field(1, description="Live sandboxes per user.")
     create_rate_per_minute: int = Field(10, description="Creates per user per minute.")
+    create_queue_wait_seconds: float = Field(
+        60,
+        description="Longest a create queues behind the same user's other creates (then 503).",
+    )
     update_rate_per_minute: int = Field(
         60, description="Live updates (PUT …/source) per user per minute (not counted as creates)."
     )

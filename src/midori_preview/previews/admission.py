@@ -124,14 +124,12 @@ class Admission:
         )
         req = _Request(user_id, body, plan, key, request_hash, terms)
         try:
-            async with self.quota.user_lock(user_id):
-                known = await self._known(req)
-                if known is not None:
-                    return known
-                await self._within_limits(req)
-                row = await self._admit(req)
+            admitted = await self._admission(req)
         except RedisError as exc:
             raise QuotaUnavailable("Quota store unreachable; previews cannot start now.") from exc
+        if not isinstance(admitted, Sandbox):
+            return admitted
+        row = admitted
         await self.transitions.created(row.id)
         if self.record_source is not None:
             await self.record_source(row.id, plan)
@@ -143,9 +141,42 @@ class Admission:
     def _created(self, row: Sandbox) -> Created:
         return created_of(row, self.settings.heartbeat_interval_seconds)
 
-    async def _known(self, req: _Request) -> tuple[int, Created] | None:
-        """The answer of a request seen before: its Idempotency-Key's, or a live preview of the
-        same source (unless `replace`)."""
+    async def _admission(self, req: _Request) -> Sandbox | tuple[int, Created]:
+        """The admitted row, or the answer of a request decided without one.
+
+        What committed state already decides needs no lock: a replayed Idempotency-Key, a live
+        preview of the same source, the rate limit, the daily cap, and a user already at the
+        limit (409; Postgres is the truth, a snapshot of it refuses correctly). Only a create
+        that may take a slot queues on the user's lock, whose critical section is short: read
+        again, take the slot, write the row. `replace` stops the oldest outside the lock, then
+        queues again."""
+        limit = req.terms.concurrency_limit or self.settings.max_concurrent_sandboxes_per_user
+        known, live = await self._known(req)
+        if known is not None:
+            return known
+        await self._within_limits(req)
+        for _ in range(3):
+            if len(live) >= limit and not req.body.replace:
+                raise _over_the_limit(live, limit)
+            async with self.quota.user_lock(
+                req.user_id, wait=self.settings.create_queue_wait_seconds
+            ):
+                known, live = await self._known(req)
+                if known is not None:
+                    return known
+                sandbox_id = new_sandbox_id()
+                oldest = await self._take_slot(req, sandbox_id, live, limit)
+                if oldest is None:
+                    return await self._insert(req, sandbox_id)
+            await self.stops.stop(oldest.id, reason="replaced")
+            known, live = await self._known(req)
+            if known is not None:
+                return known
+        raise ConcurrencyLimit("Could not get a preview slot; try again.", activeSandboxIds=[])
+
+    async def _known(self, req: _Request) -> tuple[tuple[int, Created] | None, list[Sandbox]]:
+        """The answer of a request seen before (its Idempotency-Key's, or a live preview of the
+        same source unless `replace`), and the user's live rows (one read decides both)."""
         if req.key:
             existing = await self.idempotency.get(req.user_id, req.key)
             if existing is not None:
@@ -155,15 +186,19 @@ class Admission:
                     )
                 row = await self.sandboxes.get(existing.sandbox_id)
                 if row is not None:
-                    return 202, self._created(row)
-        live = await self.sandboxes.live_same_source(
-            req.user_id, req.body.project_id, req.plan.digest
-        )
-        if live is None or req.body.replace:
-            return None
+                    return (202, self._created(row)), []
+        live = await self.sandboxes.live_for_user(req.user_id)
+        same = [
+            r
+            for r in live
+            if r.project_id == req.body.project_id and r.source_digest == req.plan.digest
+        ]
+        if not same or req.body.replace:
+            return None, live
+        newest = max(same, key=lambda r: r.created_at)
         if req.key:
-            await self.idempotency.remember(self._key(req, live.id, self.clock.now()))
-        return 200, self._created(live)
+            await self.idempotency.remember(self._key(req, newest.id, self.clock.now()))
+        return (200, self._created(newest)), live
 
     async def _within_limits(self, req: _Request) -> None:
         """The create rate limit and the daily cap (429s)."""
@@ -188,11 +223,8 @@ class Admission:
                     resetAt=reset.isoformat(),
                 )
 
-    async def _admit(self, req: _Request) -> Sandbox:
-        """Take a slot and write the row (with its idempotency key) in the first state."""
-        sandbox_id = new_sandbox_id()
-        limit = req.terms.concurrency_limit or self.settings.max_concurrent_sandboxes_per_user
-        await self._take_slot(req.user_id, sandbox_id, limit, replace=req.body.replace)
+    async def _insert(self, req: _Request, sandbox_id: str) -> Sandbox:
+        """Write the row (with its idempotency key) in the first state; its slot is taken."""
         row = self._new_row(req, sandbox_id)
         key = self._key(req, sandbox_id, row.created_at) if req.key else None
         try:
@@ -200,7 +232,7 @@ class Admission:
         except BaseException:
             await self.quota.release_slot(req.user_id, sandbox_id)
             raise
-        if not inserted:  # the key was taken meanwhile (only if the lock expired)
+        if not inserted:  # the key was taken meanwhile (a same-source 200 remembered it)
             await self.quota.release_slot(req.user_id, sandbox_id)
             raise IdempotencyConflict(
                 "A request with this Idempotency-Key is in progress; retry it."
@@ -218,42 +250,32 @@ class Admission:
             created_at=created_at,
         )
 
-    async def _take_slot(self, user_id: str, sandbox_id: str, limit: int, *, replace: bool) -> None:
-        lease = self.slot_lease_seconds
+    async def _take_slot(
+        self, req: _Request, sandbox_id: str, live: list[Sandbox], limit: int
+    ) -> Sandbox | None:
+        """Under the user's lock, with `live` read under it: take a slot for `sandbox_id`
+        (None), or name the oldest live row for `replace` to stop; else 409."""
+        user_id, lease = req.user_id, self.slot_lease_seconds
+        live_ids = {r.id for r in live}
         for _ in range(3):
+            if len(live) >= limit:  # Redis may have forgotten them (flush, failover): teach it
+                await self.quota.renew_slots(user_id, live_ids, lease)
+                break
             slot = await self.quota.acquire_slot(
                 user_id, sandbox_id, limit=limit, lease_seconds=lease
             )
-            # Postgres is the truth: Redis may have lost slots (flush, failover) or kept some.
-            try:
-                live = await self.sandboxes.live_for_user(user_id)
-            except BaseException:  # the database failed us: give back what was just taken
-                if slot.granted:
-                    await self.quota.release_slot(user_id, sandbox_id)
-                raise
-            live_ids = {r.id for r in live}
             if slot.granted:
-                if len(live) < limit:
-                    return
-                # Redis forgot live sandboxes: put their slots back and refuse this one.
-                await self.quota.release_slot(user_id, sandbox_id)
-                await self.quota.renew_slots(user_id, live_ids, lease)
-            else:
-                stale = [h for h in slot.holders if h not in live_ids]
-                for holder in stale:  # a release that never reached Redis: heal it here
-                    await self.quota.release_slot(user_id, holder)
-                if stale:
-                    continue
-            if replace and live:
-                await self.stops.stop(live[0].id, reason="replaced")
-                continue
-            raise ConcurrencyLimit(
-                f"You already have {len(live)} preview(s) running (limit {limit}). Stop one, "
-                'or send "replace": true to stop the oldest and start this one.',
-                activeSandboxIds=[r.id for r in live],
-                limit=limit,
-            )
-        raise ConcurrencyLimit("Could not get a preview slot; try again.", activeSandboxIds=[])
+                return None
+            # Holders without a live row: a release that never reached Redis. Nobody else is
+            # between slot and row (the lock), so they are stale: heal them here.
+            stale = [h for h in slot.holders if h not in live_ids]
+            for holder in stale:
+                await self.quota.release_slot(user_id, holder)
+            if not stale:
+                break
+        if req.body.replace and live:
+            return live[0]
+        raise _over_the_limit(live, limit)
 
     def _new_row(self, req: _Request, sandbox_id: str) -> Sandbox:
         now = self.clock.now()
@@ -282,3 +304,12 @@ class Admission:
             lease_owner=self.replica_id,
             lease_expires_at=now + timedelta(seconds=self.settings.build_lease_seconds),
         )
+
+
+def _over_the_limit(live: list[Sandbox], limit: int) -> ConcurrencyLimit:
+    return ConcurrencyLimit(
+        f"You already have {len(live)} preview(s) running (limit {limit}). Stop one, "
+        'or send "replace": true to stop the oldest and start this one.',
+        activeSandboxIds=[r.id for r in live],
+        limit=limit,
+    )
