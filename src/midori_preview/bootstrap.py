@@ -94,7 +94,12 @@ async def build_services(
     db_url = settings.effective_database_url
     if run_migrations:
         await upgrade_head_async(db_url)
-    engine = make_engine(db_url)
+    engine = make_engine(
+        db_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout_seconds,
+    )
     db = Repositories.on(Database(engine))
     kv = redis if redis is not None else make_redis(settings.redis_url)
     prefix = f"mp:{settings.preview_deployment}"

@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL; unset = SQLite file in DATA_DIR."
     )
+    database_pool_size: int = Field(10, description="Postgres connections each replica keeps open.")
+    database_max_overflow: int = Field(
+        20,
+        description="Extra connections a replica may open under load; replicas × (pool size + "
+        "overflow) must fit in the server's max_connections.",
+    )
+    database_pool_timeout_seconds: float = Field(
+        30, description="Longest a request waits for a free connection (then 503)."
+    )
     redis_url: str | None = Field(
         None, description="Redis URL; unset = in-process Redis-compatible store."
     )

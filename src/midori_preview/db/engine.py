@@ -17,7 +17,13 @@ from sqlalchemy.pool import ConnectionPoolEntry
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(
+    url: str, *, pool_size: int = 10, max_overflow: int = 20, pool_timeout: float = 30
+) -> AsyncEngine:
+    """An engine for `url`. Postgres: `pool_size` connections kept, up to `max_overflow` more
+    under load, a request waiting at most `pool_timeout` s for one (then 503). Every replica
+    has its own pool: replicas × (pool_size + max_overflow) must fit in the server's
+    max_connections, or a burst is refused by the server instead of queued by the pool."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -35,7 +41,12 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # checkout. A connection dropped mid-query still fails its request: 503, never 500
     # (`db/errors.py`), and SQLAlchemy then invalidates the whole pool.
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=20, pool_recycle=1800, pool_pre_ping=True
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_recycle=1800,
+        pool_pre_ping=True,
     )
 
 
