@@ -94,12 +94,7 @@ async def build_services(
     db_url = settings.effective_database_url
     if run_migrations:
         await upgrade_head_async(db_url)
-    engine = make_engine(
-        db_url,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-        pool_timeout=settings.database_pool_timeout_seconds,
-    )
+    engine = build_engine(settings, db_url)
     db = Repositories.on(Database(engine))
     kv = redis if redis is not None else make_redis(settings.redis_url)
     prefix = f"mp:{settings.preview_deployment}"
@@ -163,6 +158,16 @@ async def build_services(
         scheduler.start()
     log.info("service.started", provider=prov.name, replica=replica, db=engine.dialect.name)
     return services
+
+
+def build_engine(settings: Settings, url: str) -> AsyncEngine:
+    """The database engine with the pool the settings size (each replica has its own)."""
+    return make_engine(
+        url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout_seconds,
+    )
 
 
 def build_previews(
