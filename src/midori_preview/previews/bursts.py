@@ -31,7 +31,13 @@ class Bursts(Generic[T, R]):
         self._decide = decide
         self._orphaned = orphaned
         self._waiting: dict[str, list[tuple[T, asyncio.Future[R]]]] = {}
+        self._deciding: dict[str, int] = {}  # key → items in the round being decided
         self._tasks: set[asyncio.Task[None]] = set()  # drainers and orphan finishers
+
+    def waiting(self, key: str) -> int:
+        """How many of `key`'s requests are not answered yet (queued or being decided)."""
+        queued = sum(not f.done() for _, f in self._waiting.get(key, []))
+        return queued + self._deciding.get(key, 0)
 
     async def submit(self, key: str, item: T) -> R:
         """Queue `item` behind `key`'s others and return its outcome (or raise it). A caller
@@ -55,10 +61,13 @@ class Bursts(Generic[T, R]):
         try:
             while batch := [(i, f) for i, f in self._waiting[key] if not f.done()]:
                 self._waiting[key] = []
+                self._deciding[key] = len(batch)
                 try:
                     outcomes = await self._decide(key, [item for item, _ in batch])
                 except Exception as exc:  # the round failed as a whole: each is told so
                     outcomes = [exc] * len(batch)
+                finally:
+                    self._deciding.pop(key, None)
                 for (item, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():  # its caller is gone
                         if self._orphaned is not None and not isinstance(outcome, Exception):
