@@ -163,24 +163,27 @@ class Admission:
         """The admitted row, or the answer of a request decided without one.
 
         What committed state already decides needs no lock: a replayed Idempotency-Key, a live
-        preview of the same source, the rate limit, the daily cap, and a user already at the
-        limit (409; Postgres is the truth, a snapshot of it refuses correctly). The rest queue
-        as the user's burst in this process (`bursts`), decided in rounds under the user's lock.
+        preview of the same source, the daily cap, and a user already at the limit (409;
+        Postgres is the truth, a snapshot of it refuses correctly). The rest queue as the user's
+        burst in this process (`bursts`), decided in rounds under the user's lock (the rate
+        limit counted there, after the replay checks: a retry that replays starts nothing).
         `replace` queues alone: it stops the oldest outside the lock, then queues again."""
         limit = self._limit(req)
         known, live = await self._known(req)
         if known is not None:
             return known
-        await self._within_limits(req)
+        await self._daily_cap(req)
         if not req.body.replace:
             if len(live) >= limit:
                 raise _over_the_limit(live, limit)
             return await self.bursts.submit(req.user_id, req)
-        for _ in range(3):
+        for round_ in range(3):
             async with self.quota.user_lock(req.user_id, wait=self._wait_left(req)):
                 known, live = await self._known(req)
                 if known is not None:
                     return known
+                if round_ == 0:
+                    await self._rate_limit(req)
                 sandbox_id = new_sandbox_id()
                 oldest = await self._take_slot(req, sandbox_id, live, limit)
                 if oldest is None:
@@ -221,6 +224,7 @@ class Admission:
         same = await self._same_source(req, live)
         if same is not None:
             return same
+        await self._rate_limit(req)  # here: a replay or a same-source answer starts nothing
         sandbox_id = new_sandbox_id()
         await self._take_slot(req, sandbox_id, live, self._limit(req))  # not replace: or 409
         row = await self._insert(req, sandbox_id)
@@ -272,13 +276,12 @@ class Admission:
             await self.idempotency.remember(self._key(req, newest.id, self.clock.now()))
         return 200, self._created(newest)
 
-    async def _within_limits(self, req: _Request) -> None:
-        """The create rate limit and the daily cap (429s)."""
-        s = self.settings
+    async def _rate_limit(self, req: _Request) -> None:
+        """The create rate limit (429): counted for a create that may start a preview."""
         terms = req.terms
         wait = await self.quota.hit_rate_limit(
             terms.rate_key or req.user_id,
-            per_minute=terms.rate_per_minute or s.create_rate_per_minute,
+            per_minute=terms.rate_per_minute or self.settings.create_rate_per_minute,
         )
         if wait:
             raise RateLimited(
@@ -286,6 +289,10 @@ class Admission:
                 headers={"Retry-After": str(wait)},
                 retryAfterSeconds=wait,
             )
+
+    async def _daily_cap(self, req: _Request) -> None:
+        """The daily cap (429), read only."""
+        s = self.settings
         if req.terms.check_daily_quota:
             used = await self.heartbeats.used_today(req.user_id)
             if used >= s.daily_usage_cap_seconds:
