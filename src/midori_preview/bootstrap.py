@@ -94,8 +94,8 @@ async def build_services(
     db_url = settings.effective_database_url
     if run_migrations:
         await upgrade_head_async(db_url)
-    engine = make_engine(db_url)
-    db = Repositories.on(Database(engine, make_unpinged_engine(db_url)))
+    engine, status_engine = build_engines(settings, db_url)
+    db = Repositories.on(Database(engine, status_engine))
     kv = redis if redis is not None else make_redis(settings.redis_url)
     prefix = f"mp:{settings.preview_deployment}"
     quota = QuotaService(kv, prefix=prefix)
@@ -158,6 +158,19 @@ async def build_services(
         scheduler.start()
     log.info("service.started", provider=prov.name, replica=replica, db=engine.dialect.name)
     return services
+
+
+def build_engines(settings: Settings, url: str) -> tuple[AsyncEngine, AsyncEngine | None]:
+    """The database engine with the pool the settings size (each replica has its own), and the
+    status read's unpinged pool beside it: a quarter of that size (Postgres only)."""
+    size, overflow = settings.database_pool_size, settings.database_max_overflow
+    wait = settings.database_pool_timeout_seconds
+    return (
+        make_engine(url, pool_size=size, max_overflow=overflow, pool_timeout=wait),
+        make_unpinged_engine(
+            url, pool_size=max(size // 4, 1), max_overflow=max(overflow // 4, 1), pool_timeout=wait
+        ),
+    )
 
 
 def build_previews(

@@ -38,6 +38,20 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL; unset = SQLite file in DATA_DIR."
     )
+    database_pool_size: int = Field(
+        20,
+        description="Postgres connections each replica keeps open (and a quarter as many more "
+        "for status reads).",
+    )
+    database_max_overflow: int = Field(
+        10,
+        description="Extra connections a replica may open under load (and a quarter as many "
+        "more for status reads); replicas × 1.25 × (pool size + overflow) must fit in the "
+        "server's max_connections.",
+    )
+    database_pool_timeout_seconds: float = Field(
+        30, description="Longest a request waits for a free connection (then 503)."
+    )
     redis_url: str | None = Field(
         None, description="Redis URL; unset = in-process Redis-compatible store."
     )
@@ -76,6 +90,10 @@ class Settings(BaseSettings):
     usage_timezone: str = Field("UTC", description="Where a usage day starts and ends.")
     max_concurrent_sandboxes_per_user: int = Field(1, description="Live sandboxes per user.")
     create_rate_per_minute: int = Field(10, description="Creates per user per minute.")
+    create_queue_wait_seconds: float = Field(
+        60,
+        description="Longest a create queues behind the same user's other creates (then 503).",
+    )
     update_rate_per_minute: int = Field(
         60, description="Live updates (PUT …/source) per user per minute (not counted as creates)."
     )

@@ -20,9 +20,19 @@ from sqlalchemy.util import await_
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 20, ping: bool = True) -> AsyncEngine:
-    """`ping=False`: no pre-ping, for reads that retry on a dropped connection themselves
-    (`db/status_rows.py`)."""
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 20,
+    max_overflow: int = 10,
+    pool_timeout: float = 30,
+    ping: bool = True,
+) -> AsyncEngine:
+    """An engine for `url`. Postgres: `pool_size` connections kept, up to `max_overflow` more
+    under load, a request waiting at most `pool_timeout` s for one (then 503). Every replica
+    has its own pools: replicas × their connections must fit in the server's max_connections,
+    or a burst is refused by the server instead of queued by the pool. `ping=False`: no
+    pre-ping, for reads that retry on a dropped connection themselves (`db/status_rows.py`)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -39,20 +49,32 @@ def make_engine(url: str, *, pool_size: int = 20, ping: bool = True) -> AsyncEng
     # replaced at checkout instead of failing a request; it costs one short round trip per
     # checkout. A connection dropped mid-query still fails its request: 503, never 500
     # (`db/errors.py`), and SQLAlchemy then invalidates the whole pool.
-    # `pool_size` connections are kept; up to `max_overflow` more are opened under a burst and
-    # closed again when returned (a connect is the dearest thing a read can do: so the pool keeps
-    # enough for the requests one replica has in flight at a few hundred per second).
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
+    # The pool keeps `pool_size` connections: overflow ones are closed again when returned, and
+    # a connect is the dearest thing a read can do, so it keeps enough for the requests one
+    # replica has in flight at a few hundred per second.
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_recycle=1800,
+    )
     if ping:
         event.listen(engine.sync_engine, "checkout", _ping)
     return engine
 
 
-def make_unpinged_engine(url: str) -> AsyncEngine | None:
+def make_unpinged_engine(
+    url: str, *, pool_size: int = 5, max_overflow: int = 5, pool_timeout: float = 30
+) -> AsyncEngine | None:
     """Postgres: a small pool without the pre-ping, for the status read (`status_rows.py`),
     which repeats itself once on a dropped connection instead. None for SQLite (nothing to
     ping: the one engine serves)."""
-    return None if url.startswith("sqlite") else make_engine(url, pool_size=10, ping=False)
+    if url.startswith("sqlite"):
+        return None
+    return make_engine(
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, ping=False
+    )
 
 
 def _ping(dbapi_connection: DBAPIConnection, *_: object) -> None:

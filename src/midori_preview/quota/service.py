@@ -146,7 +146,10 @@ class QuotaService:
     @asynccontextmanager
     async def user_lock(self, user_id: str, *, timeout: float = 15, wait: float = 15) -> Any:
         """Serialize one user's admissions across replicas (idempotency, same-source, quota):
-        in this process on an asyncio lock, across replicas on a Redis lock; `wait` bounds both."""
+        in this process on a FIFO asyncio lock, across replicas on a Redis lock; `wait` bounds
+        both (then 503, retryable). The Redis lock is kept alive while held (renewed every
+        `timeout`/3): a holder slowed by load never loses it to the next in line, and a holder
+        that died frees it within `timeout`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         async with self._local_lock(user_id, wait):
@@ -162,9 +165,11 @@ class QuotaService:
                 raise QuotaUnavailable("Quota store unreachable; try again shortly.") from exc
             if not acquired:
                 raise QuotaUnavailable("Too many concurrent requests for this user; try again.")
+            keeper = asyncio.create_task(_keep_alive(lock, timeout / 3))
             try:
                 yield
             finally:
+                keeper.cancel()  # a renewal racing the release finds the lock not ours: no-op
                 with contextlib.suppress(LockError, RedisError):
                     await lock.release()  # expired or unreachable: it times out by itself
 
@@ -196,3 +201,11 @@ class QuotaService:
             return bool(await self.redis.ping())
         except RedisError:
             return False
+
+
+async def _keep_alive(lock: Any, every: float) -> None:
+    """Renew a held Redis lock's TTL every `every` s until cancelled (or the lock is lost)."""
+    with contextlib.suppress(LockError, RedisError):
+        while True:
+            await asyncio.sleep(every)  # wall time: Redis' own TTL runs on it
+            await lock.reacquire()
