@@ -76,10 +76,10 @@ def _pids_hierarchy(root: Path) -> tuple[Path | None, str | None]:
     return None, f"no pids cgroup controller under {root}"
 
 
-def find_process_cgroups(root: Path = CGROUP_ROOT) -> ProcessCgroups:
+def find_process_cgroups(root: Path | None = None) -> ProcessCgroups:
     """This service's own cgroup directory for its sandboxes, made now. Leftovers of an earlier
     process of the service (dead pid) are emptied and removed first."""
-    hierarchy, problem = _pids_hierarchy(root)
+    hierarchy, problem = _pids_hierarchy(root or CGROUP_ROOT)
     if hierarchy is None:
         return ProcessCgroups(None, problem)
     for old in hierarchy.glob(f"{PREFIX}*"):

@@ -203,10 +203,11 @@ class LocalProvider:
                 f"the sandbox tried to run more than {limits.max_processes} processes "
                 "(LOCAL_SANDBOX_MAX_PROCESSES) and was ended"
             )
-        if limits.disk_mb > 0 and disk_usage(local.root) > limits.disk_mb * 1024 * 1024:
+        mb = 1024 * 1024
+        if limits.disk_mb > 0 and (used := disk_usage(local.root)) > limits.disk_mb * mb:
             return DiskLimitExceeded(
-                f"the sandbox wrote more than {limits.disk_mb} MB (LOCAL_SANDBOX_DISK_MB) "
-                "and was ended"
+                f"the sandbox used {used / mb:.0f} MB of disk, past its limit of "
+                f"{limits.disk_mb} MB (LOCAL_SANDBOX_DISK_MB), and was ended"
             )
         return None
 
@@ -214,7 +215,12 @@ class LocalProvider:
         """Kill everything the sandbox runs; its calls raise `error` from now on (a build step
         in progress fails with it) and the service is told (a running preview stops)."""
         local.ended = error
-        log.warning("sandbox.limit_exceeded", sandbox_id=local.sandbox_id, code=error.code)
+        log.warning(
+            "sandbox.limit_exceeded",
+            sandbox_id=local.sandbox_id,
+            code=error.code,
+            message=error.message,
+        )
         if local.cgroup is not None:
             await asyncio.to_thread(local.cgroup.kill_all)
         await asyncio.gather(*(kill_group_and_wait(pgid) for pgid in list(local.groups)))
