@@ -24,6 +24,7 @@ from midori_preview.providers.processes import Child, spawn
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 WORKSPACE = "/workspace"  # where the workspace appears inside bubblewrap
 NPM_CACHE = "/cache/npm"
+HIDDEN = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-")  # behind /dev/null
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,9 @@ class Runner:
         if self.bwrap is None:
             return ["/bin/bash", "-c", command]
         args = [self.bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+        for secret in HIDDEN:  # readable by a sandbox run as root (its owner) otherwise
+            if Path(secret).exists():
+                args += ["--ro-bind", "/dev/null", secret]
         for link in ("bin", "lib", "lib64", "sbin"):
             path = Path("/") / link
             if path.is_symlink():
