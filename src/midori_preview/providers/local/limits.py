@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,19 +78,20 @@ def _pids_hierarchy(root: Path) -> tuple[Path | None, str | None]:
 
 
 def find_process_cgroups(root: Path | None = None) -> ProcessCgroups:
-    """This service's own cgroup directory for its sandboxes, made now. Leftovers of an earlier
+    """This provider's own cgroup directory for its sandboxes, made now. Leftovers of an earlier
     process of the service (dead pid) are emptied and removed first."""
     hierarchy, problem = _pids_hierarchy(root or CGROUP_ROOT)
     if hierarchy is None:
         return ProcessCgroups(None, problem)
     for old in hierarchy.glob(f"{PREFIX}*"):
-        pid = old.name.removeprefix(PREFIX)
+        pid = old.name.removeprefix(PREFIX).split("-")[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             for child in [p for p in old.iterdir() if p.is_dir()]:
                 SandboxCgroup(child).remove()
             with contextlib.suppress(OSError):
                 old.rmdir()
-    base = hierarchy / f"{PREFIX}{os.getpid()}"
+    # One per provider (tests run several in one process, with the same sandbox ids).
+    base = hierarchy / f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         base.mkdir(exist_ok=True)
         probe = base / "probe"
