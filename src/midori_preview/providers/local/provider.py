@@ -198,7 +198,13 @@ class LocalProvider:
         while local.ended is None:
             await asyncio.sleep(pause)
             began = loop.time()
-            error = await asyncio.to_thread(self._over_limit, local)
+            try:
+                error = await asyncio.to_thread(self._over_limit, local)
+            except Exception as exc:  # a check that fails must not end the watch
+                log.warning(
+                    "sandbox.limit_check_failed", sandbox_id=local.sandbox_id, error=str(exc)
+                )
+                error = None
             if error is not None:
                 await self._end(local, error)
             pause = max(self.config.watch_seconds, WATCH_SHARE * (loop.time() - began))
@@ -232,9 +238,18 @@ class LocalProvider:
             await asyncio.to_thread(local.cgroup.kill_all)
         await asyncio.gather(*(kill_group_and_wait(pgid) for pgid in list(local.groups)))
         if self.on_limit is not None:  # a task of its own: its stop deletes this sandbox
-            notice = asyncio.create_task(self.on_limit(local.sandbox_id, error.code))
+            notice = asyncio.create_task(self._notify(self.on_limit, local.sandbox_id, error.code))
             self._notices.add(notice)
             notice.add_done_callback(self._notices.discard)
+
+    @staticmethod
+    async def _notify(
+        on_limit: Callable[[str, str], Coroutine[Any, Any, None]], sandbox_id: str, code: str
+    ) -> None:
+        try:
+            await on_limit(sandbox_id, code)
+        except Exception as exc:  # its processes are gone; the reaper stops it (idle, expiry)
+            log.warning("sandbox.limit_stop_failed", sandbox_id=sandbox_id, error=str(exc))
 
     def attach(self, provider_id: str, sandbox_id: str) -> ProviderSandbox:
         workspace = self.config.root / provider_id / "work"
