@@ -34,6 +34,8 @@ async def test_readyz_with_database_and_redis(service_app: Running) -> None:
         "network": runner.network_isolated,
         "problem": runner.network.problem,
         "unisolatedCommands": "run",  # dev mode: a developer's own commands run in any case
+        "processLimit": service_app.services.provider.process_limit,  # type: ignore[attr-defined]
+        "diskLimitMb": service_app.settings.local_sandbox_disk_mb,
     }
 
 

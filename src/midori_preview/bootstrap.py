@@ -152,7 +152,7 @@ async def build_services(
         scheduler=scheduler,
         owns_provider=provider is None,
         owns_redis=redis is None,
-        isolation=isolation_of(raw),
+        isolation=watch_local_limits(raw, previews),
     )
     if scheduler is not None:
         scheduler.start()
@@ -298,6 +298,7 @@ def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
                 max_processes=settings.local_sandbox_max_processes,
                 max_file_mb=settings.local_sandbox_max_file_mb,
                 tmp_mb=settings.local_sandbox_tmp_mb,
+                disk_mb=settings.local_sandbox_disk_mb,
             ),
             npm_cache=(settings.data_dir / "cache" / "npm").resolve()
             if settings.local_npm_cache
@@ -306,6 +307,7 @@ def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
             network=settings.local_sandbox_network,
             unisolated=settings.effective_unisolated_commands,
             trusted_commands=trusted_commands(),
+            watch_seconds=settings.local_sandbox_watch_seconds,
         )
     )
     if not local.runner.network_isolated:
@@ -325,11 +327,17 @@ def build_provider(settings: Settings, clock: Clock) -> SandboxProvider:
     return local
 
 
-def isolation_of(provider: SandboxProvider) -> dict[str, object] | None:
-    """Local sandboxes: what isolates them here (Daytona's are VMs of their own)."""
+def watch_local_limits(
+    provider: SandboxProvider, previews: PreviewService
+) -> dict[str, object] | None:
+    """Local sandboxes: the service stops a preview whose sandbox went past its limits; and
+    what isolates them here, for /readyz (Daytona's are VMs of their own)."""
     from midori_preview.providers.local import LocalProvider
 
-    return provider.isolation if isinstance(provider, LocalProvider) else None
+    if not isinstance(provider, LocalProvider):
+        return None
+    provider.on_limit = previews.end_over_limit
+    return provider.isolation
 
 
 def trusted_commands() -> frozenset[str]:

@@ -209,9 +209,23 @@ class Settings(BaseSettings):
         "run them anyway; auto = refuse when an auth secret is set (production).",
     )
     local_sandbox_memory_mb: int = Field(2048, description="Data-segment limit per sandbox (MB).")
-    local_sandbox_max_processes: int = Field(256, description="Process limit per sandbox.")
+    local_sandbox_max_processes: int = Field(
+        256,
+        description="Processes per sandbox (a pids cgroup where the host allows one): past it, "
+        "the sandbox is ended (sandbox_process_limit).",
+    )
     local_sandbox_max_file_mb: int = Field(512, description="Largest file a sandbox may write.")
     local_sandbox_tmp_mb: int = Field(512, description="Size of a sandbox's /tmp (in memory), MB.")
+    local_sandbox_disk_mb: int = Field(
+        4096,
+        description="Disk a sandbox's workspace and home may use (MB; 0 = no limit): past it, "
+        "the sandbox is ended (sandbox_disk_limit).",
+    )
+    local_sandbox_watch_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often each sandbox's disk use and process limit are checked (seconds).",
+    )
     local_npm_cache: bool = Field(
         True, description="Share one npm download cache between local sandboxes."
     )

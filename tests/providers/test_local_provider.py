@@ -28,7 +28,7 @@ from midori_preview.providers.base import (
     ServerExited,
 )
 from midori_preview.providers.local import LocalProvider, LocalProviderConfig
-from midori_preview.providers.local import provider as local_provider
+from midori_preview.providers.local import commands as local_commands
 from midori_preview.providers.local.runner import Limits
 from tests.previews.helpers import pids_with_marker
 from tests.support.clock import ManualClock
@@ -147,7 +147,7 @@ async def test_output_left_in_the_pipes_is_read_for_a_bounded_time(
 ) -> None:
     """A process that leaves the group (`setsid`) cannot be killed with it and may hold the
     pipes open for ever: the step still ends, once the drain bound has passed."""
-    monkeypatch.setattr(local_provider, "DRAIN_SECONDS", 0.2)
+    monkeypatch.setattr(local_commands, "DRAIN_SECONDS", 0.2)
     tag = marker()
     try:
         result = await box.provider.exec(

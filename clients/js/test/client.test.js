@@ -8,6 +8,7 @@ import {
   explainError,
   parseEventStream,
   PreviewApiError,
+  stoppedMessage,
 } from "../preview-client.js";
 
 function recorder(answers) {
@@ -102,4 +103,9 @@ test("the types declare every export of the module", async () => {
   for (const name of Object.keys(module)) {
     assert.match(types, new RegExp(`export declare (const|class|function) ${name}\\b`), name);
   }
+});
+
+test("a preview stopped for going past a sandbox limit says which", () => {
+  assert.match(stoppedMessage("sandbox_process_limit"), /too many processes/);
+  assert.match(stoppedMessage("sandbox_disk_limit"), /too much disk/);
 });

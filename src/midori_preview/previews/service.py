@@ -353,6 +353,14 @@ class PreviewService:
         """Close a row whose provider sandbox is gone (`stopped`, reason lost)."""
         return await self.stops.close_row(row, reason="lost")
 
+    async def end_over_limit(self, sandbox_id: str, code: str) -> None:
+        """The provider ended a sandbox that went past a limit (`code`: sandbox_process_limit,
+        sandbox_disk_limit): a running preview stops with that reason, freeing its slot. A build
+        in progress fails by itself, with the same code, at its next step."""
+        row = await self.repo.get(sandbox_id)
+        if row is not None and row.status == SandboxStatus.RUNNING:
+            await self.stops.stop(sandbox_id, reason=code)
+
     @property
     def keeps_idle_clock(self) -> bool:
         """Whether the provider stops idle sandboxes on its own (Daytona's auto-stop), so that

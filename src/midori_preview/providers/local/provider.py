@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -34,15 +36,23 @@ from midori_preview.providers.base import (
     Upstream,
 )
 from midori_preview.providers.files import UnsafePath, write_files
-from midori_preview.providers.git import Git, GitFailed, GitTimeout
 from midori_preview.providers.labels import LABEL_SANDBOX_ID
 from midori_preview.providers.local import network
+from midori_preview.providers.local.commands import drain, exit_code, git_clone, read_output
+from midori_preview.providers.local.limits import (
+    DiskLimitExceeded,
+    ProcessLimitExceeded,
+    SandboxCgroup,
+    SandboxLimitExceeded,
+    disk_usage,
+    find_process_cgroups,
+)
 from midori_preview.providers.local.runner import Limits, Runner
 from midori_preview.providers.processes import Child, kill_group, kill_group_and_wait
 
 log = get_logger(__name__)
 
-DRAIN_SECONDS = 2.0  # output left in a finished command's pipes is read for at most this long
+WATCH_SHARE = 20  # a sandbox's limit checks take at most 1/20 of a core (5%)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +67,7 @@ class LocalProviderConfig:
     # service's own (`trusted_commands`: the templates' and the static server's command lines).
     unisolated: str = "run"  # run | refuse
     trusted_commands: frozenset[str] = frozenset()
+    watch_seconds: float = 1.0  # how often a sandbox's process and disk limits are checked
 
 
 class IsolationUnavailable(ProviderError):
@@ -76,6 +87,13 @@ class _Local:
     groups: set[int] = field(default_factory=set)
     exited: dict[int, int] = field(default_factory=dict)  # logical port → server exit code
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    cgroup: SandboxCgroup | None = None
+    ended: SandboxLimitExceeded | None = None  # past a limit: every later call raises it
+    watchdog: asyncio.Task[None] | None = None
+
+    def check(self) -> None:
+        if self.ended is not None:
+            raise type(self.ended)(self.ended.message)
 
 
 def _free_port() -> int:
@@ -101,6 +119,19 @@ class LocalProvider:
             network_mode=config.network,
         )
         self._sandboxes: dict[str, _Local] = {}
+        # A pids cgroup per sandbox where this host lets us make one: RLIMIT_NPROC counts per
+        # user, and root (which the service often is) is exempt from it.
+        self.cgroups = find_process_cgroups()
+        if self.cgroups.base is None and os.getuid() == 0 and config.limits.max_processes > 0:
+            log.warning(
+                "local.no_process_limit",
+                reason=self.cgroups.problem,
+                message="sandboxes run as root without a pids cgroup: nothing limits how many "
+                "processes one starts (a fork bomb reaches the host's limit)",
+            )
+        # Told when a sandbox is ended for going past a limit (the service stops its preview).
+        self.on_limit: Callable[[str, str], Coroutine[Any, Any, None]] | None = None
+        self._notices: set[asyncio.Task[None]] = set()
         self._http = httpx.AsyncClient(timeout=2.0, trust_env=False)
         self._sweep_leftovers()
 
@@ -113,7 +144,19 @@ class LocalProvider:
             "network": runner.network_isolated,
             "problem": runner.network.problem,
             "unisolatedCommands": "run" if runner.network_isolated else self.config.unisolated,
+            "processLimit": self.process_limit,
+            "diskLimitMb": self.config.limits.disk_mb or None,
         }
+
+    @property
+    def process_limit(self) -> str | None:
+        """What limits a sandbox's processes: `cgroup` (per sandbox), `rlimit` (per user: this
+        service's uid, not root), or None (nothing)."""
+        if self.config.limits.max_processes <= 0:
+            return None
+        if self.cgroups.base is not None:
+            return "cgroup"
+        return "rlimit" if os.getuid() != 0 else None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -123,7 +166,7 @@ class LocalProvider:
             pid_file = path / "pgids"
             if pid_file.exists():
                 for pgid in pid_file.read_text().split():
-                    cwd = Path(f"/child/{pgid}/cwd")
+                    cwd = Path(f"/proc/{pgid}/cwd")
                     with contextlib.suppress(OSError):
                         if str(cwd.resolve()).startswith(str(path.resolve())):
                             kill_group(int(pgid))
@@ -135,14 +178,79 @@ class LocalProvider:
         workspace = root / "work"
         workspace.mkdir(parents=True, exist_ok=False)
         (root / "home").mkdir()
-        self._sandboxes[spec.sandbox_id] = _Local(
+        local = _Local(
             sandbox_id=spec.sandbox_id,
             root=root,
             workspace=workspace,
             labels=dict(spec.labels),
             created_at=self.config.clock.now(),
+            cgroup=self.cgroups.sandbox(spec.sandbox_id, self.config.limits.max_processes),
         )
+        self._sandboxes[spec.sandbox_id] = local
+        if local.cgroup is not None or self.config.limits.disk_mb > 0:
+            local.watchdog = asyncio.create_task(self._watch(local))
         return self.attach(spec.sandbox_id, spec.sandbox_id)
+
+    async def _watch(self, local: _Local) -> None:
+        """End the sandbox once it goes past its process or disk limit. A large workspace is
+        checked less often: its walk takes at most 1/WATCH_SHARE of a core's time."""
+        loop = asyncio.get_running_loop()
+        pause = self.config.watch_seconds
+        while local.ended is None:
+            await asyncio.sleep(pause)
+            began = loop.time()
+            try:
+                error = await asyncio.to_thread(self._over_limit, local)
+            except Exception as exc:  # a check that fails must not end the watch
+                log.warning(
+                    "sandbox.limit_check_failed", sandbox_id=local.sandbox_id, error=str(exc)
+                )
+                error = None
+            if error is not None:
+                await self._end(local, error)
+            pause = max(self.config.watch_seconds, WATCH_SHARE * (loop.time() - began))
+
+    def _over_limit(self, local: _Local) -> SandboxLimitExceeded | None:
+        limits = self.config.limits
+        if local.cgroup is not None and local.cgroup.limit_hit():
+            return ProcessLimitExceeded(
+                f"the sandbox tried to run more than {limits.max_processes} processes "
+                "(LOCAL_SANDBOX_MAX_PROCESSES) and was ended"
+            )
+        mb = 1024 * 1024
+        if limits.disk_mb > 0 and (used := disk_usage(local.root)) > limits.disk_mb * mb:
+            return DiskLimitExceeded(
+                f"the sandbox used {used / mb:.0f} MB of disk, past its limit of "
+                f"{limits.disk_mb} MB (LOCAL_SANDBOX_DISK_MB), and was ended"
+            )
+        return None
+
+    async def _end(self, local: _Local, error: SandboxLimitExceeded) -> None:
+        """Kill everything the sandbox runs; its calls raise `error` from now on (a build step
+        in progress fails with it) and the service is told (a running preview stops)."""
+        local.ended = error
+        log.warning(
+            "sandbox.limit_exceeded",
+            sandbox_id=local.sandbox_id,
+            code=error.code,
+            message=error.message,
+        )
+        if local.cgroup is not None:
+            await asyncio.to_thread(local.cgroup.kill_all)
+        await asyncio.gather(*(kill_group_and_wait(pgid) for pgid in list(local.groups)))
+        if self.on_limit is not None:  # a task of its own: its stop deletes this sandbox
+            notice = asyncio.create_task(self._notify(self.on_limit, local.sandbox_id, error.code))
+            self._notices.add(notice)
+            notice.add_done_callback(self._notices.discard)
+
+    @staticmethod
+    async def _notify(
+        on_limit: Callable[[str, str], Coroutine[Any, Any, None]], sandbox_id: str, code: str
+    ) -> None:
+        try:
+            await on_limit(sandbox_id, code)
+        except Exception as exc:  # its processes are gone; the reaper stops it (idle, expiry)
+            log.warning("sandbox.limit_stop_failed", sandbox_id=sandbox_id, error=str(exc))
 
     def attach(self, provider_id: str, sandbox_id: str) -> ProviderSandbox:
         workspace = self.config.root / provider_id / "work"
@@ -152,13 +260,19 @@ class LocalProvider:
         local = self._sandboxes.get(sandbox.provider_id)
         if local is None:
             raise ProviderError("sandbox is gone")
+        local.check()
         return local
 
     async def delete(self, sandbox: ProviderSandbox) -> None:
         local = self._sandboxes.pop(sandbox.provider_id, None)
         if local is None:
             return
+        if local.watchdog is not None and local.watchdog is not asyncio.current_task():
+            local.watchdog.cancel()
+            await asyncio.gather(local.watchdog, return_exceptions=True)
         await asyncio.gather(*(kill_group_and_wait(pgid) for pgid in list(local.groups)))
+        if local.cgroup is not None:  # what left its process group (`setsid`) ends here
+            await asyncio.to_thread(local.cgroup.remove)
         await network.end_all(network.pidfiles(local.root), ports=local.ports.values())
         for task in local.tasks:
             task.cancel()
@@ -168,6 +282,8 @@ class LocalProvider:
     async def aclose(self) -> None:
         for sandbox_id in list(self._sandboxes):
             await self.delete(self.attach(sandbox_id, sandbox_id))
+        await asyncio.gather(*self._notices, return_exceptions=True)
+        self.cgroups.remove()
         await self._http.aclose()
 
     async def list_sandboxes(self, labels: Mapping[str, str]) -> list[ProviderSandboxInfo]:
@@ -204,7 +320,7 @@ class LocalProvider:
         """Clone on the host side into the workspace (a `file://` source stays reachable), with
         git's own config and prompts off; credentials only ever go through the environment."""
         local = self._get(sandbox)
-        await _git_clone(local.workspace, local.root / "home", url, ref, timeout, credentials)
+        await git_clone(local.workspace, local.root / "home", url, ref, timeout, credentials)
 
     async def keep_alive(self, sandbox: ProviderSandbox) -> bool:
         """Local sandboxes keep no idle clock of their own: the reaper alone stops them."""
@@ -236,20 +352,21 @@ class LocalProvider:
     ) -> ExecResult:
         local = self._get(sandbox)
         self._allowed(command)
-        child = await self.runner.spawn(local.workspace, command, env)
+        child = await self.runner.spawn(local.workspace, command, env, cgroup=local.cgroup)
         self._track(local, child)
         tail: deque[str] = deque(maxlen=50)
-        pump = asyncio.create_task(_pump(child, tail, on_output))
+        pump = asyncio.create_task(read_output(child, tail, on_output))
         try:
             async with asyncio.timeout(timeout):
-                code = await _exit_code(child.process, pump)
+                code = await exit_code(child.process, pump)
         except TimeoutError:
             raise CommandTimeout(f"command timed out after {timeout:g}s") from None
         finally:
             await child.kill()  # nothing a build step started outlives it
             local.groups.discard(child.pid)
-            await _drain(pump)
+            await drain(pump)
             child.close()
+        local.check()  # ended for going past a limit: that, not the kill's exit code
         if not pump.cancelled() and (failed := pump.exception()) is not None:
             raise failed  # the output callback failed
         return ExecResult(exit_code=code, output_tail=list(tail))
@@ -272,18 +389,19 @@ class LocalProvider:
             command,
             {**(env or {}), "PORT": str(host_port)},
             forward_port=host_port,
+            cgroup=local.cgroup,
         )
         self._track(local, child)
 
         async def watch() -> None:
             # The server is the start command's own process: when it ends, whatever it left in
             # the background ends too (as bubblewrap's pid namespace does), and the probe learns.
-            pump = asyncio.create_task(_pump(child, deque(maxlen=1), on_output))
+            pump = asyncio.create_task(read_output(child, deque(maxlen=1), on_output))
             try:
                 code = await child.process.wait()
                 await child.kill()
                 local.groups.discard(child.pid)
-                await _drain(pump)
+                await drain(pump)
                 if not pump.cancelled() and pump.exception() is not None:
                     log.warning("sandbox.server_output_failed", sandbox_id=local.sandbox_id)
                 local.exited[port] = code
@@ -331,69 +449,3 @@ class LocalProvider:
         """Local sandboxes have no link of their own: the loopback address, no credential."""
         url = (await self.upstream(sandbox, port)).url
         return PreviewLink(url=url, token="", open_url=url)
-
-
-async def _pump(child: Child, tail: deque[str], on_output: OutputCallback | None) -> None:
-    async def read(stream: asyncio.StreamReader, name: str) -> None:
-        while True:
-            raw = await stream.readline()
-            if not raw:
-                return
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            tail.append(line)
-            if on_output is not None:
-                await on_output(line, name)
-
-    await asyncio.gather(read(child.stdout, "stdout"), read(child.stderr, "stderr"))
-
-
-async def _exit_code(process: asyncio.subprocess.Process, pump: asyncio.Task[None]) -> int:
-    """The exit code of the process itself. Not EOF on its pipes: a daemon it started in the
-    background (`sleep 300 &`) holds them open. A failing output callback ends the wait."""
-    waiter = asyncio.ensure_future(process.wait())
-    try:
-        await asyncio.wait({waiter, pump}, return_when=asyncio.FIRST_COMPLETED)
-        if pump.done() and not waiter.done():
-            pump.result()  # the callback's failure, if that is what ended the pump
-        return await waiter
-    finally:
-        waiter.cancel()
-
-
-async def _drain(pump: asyncio.Task[None]) -> None:
-    """Let the reader take the output still in the pipes once the group is killed, for a bounded
-    time: a process that left the group (`setsid`) may hold them open for ever."""
-    if not pump.done():
-        await asyncio.wait({pump}, timeout=DRAIN_SECONDS)
-    if not pump.done():
-        pump.cancel()
-        await asyncio.wait({pump})
-
-
-async def _git_clone(
-    workspace: Path,
-    home: Path,
-    url: str,
-    ref: str | None,
-    timeout: float,
-    credentials: GitCredentials | None,
-) -> None:
-    is_sha = ref is not None and len(ref) == 40 and all(c in "0123456789abcdef" for c in ref)
-    steps: list[list[str]] = []
-    if ref is None or is_sha:
-        steps.append(["clone", "--quiet", "--no-recurse-submodules", "--", url, "."])
-        if is_sha:
-            steps.append(["-c", "advice.detachedHead=false", "checkout", "-q", ref or ""])
-    else:
-        steps.append(
-            ["clone", "--quiet", "--depth", "1", "--no-recurse-submodules",
-             "--branch", ref, "--", url, "."]
-        )  # fmt: skip
-    with Git(home=home, timeout=timeout, credentials=credentials) as git:
-        for args in steps:
-            try:
-                await git.run(*args, cwd=workspace)
-            except GitTimeout:
-                raise CommandTimeout(f"git clone timed out after {timeout:g}s") from None
-            except GitFailed as exc:
-                raise ProviderError(str(exc)) from None

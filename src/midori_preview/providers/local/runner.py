@@ -10,19 +10,21 @@ import os
 import resource
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from midori_preview.providers.base import ProviderError
 from midori_preview.providers.local import network
+from midori_preview.providers.local.limits import SandboxCgroup
 from midori_preview.providers.local.network import Gate, NetworkSupport
 from midori_preview.providers.processes import Child, spawn
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 WORKSPACE = "/workspace"  # where the workspace appears inside bubblewrap
 NPM_CACHE = "/cache/npm"
+HIDDEN = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-")  # behind /dev/null
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,7 @@ class Limits:
     max_processes: int
     max_file_mb: int
     tmp_mb: int = 512
+    disk_mb: int = 0  # the sandbox's directory (workspace and home); 0: no limit
 
 
 def bwrap_path() -> str | None:
@@ -138,6 +141,9 @@ class Runner:
         if self.bwrap is None:
             return ["/bin/bash", "-c", command]
         args = [self.bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+        for secret in HIDDEN:  # readable by a sandbox run as root (its owner) otherwise
+            if Path(secret).exists():
+                args += ["--ro-bind", "/dev/null", secret]
         for link in ("bin", "lib", "lib64", "sbin"):
             path = Path("/") / link
             if path.is_symlink():
@@ -163,7 +169,15 @@ class Runner:
             args += ["--setenv", key, value]
         return [*args, "--", "/bin/bash", "-c", command]
 
-    def _preexec(self) -> None:  # runs in the child between fork and exec
+    def _preexec(self, cgroup: SandboxCgroup | None) -> Callable[[], None]:
+        def preexec() -> None:  # runs in the child between fork and exec
+            if cgroup is not None:
+                cgroup.join()
+            self._rlimits()
+
+        return preexec
+
+    def _rlimits(self) -> None:
         mb = 1024 * 1024
         if self.limits.memory_mb > 0:
             size = self.limits.memory_mb * mb
@@ -182,21 +196,24 @@ class Runner:
         env: Mapping[str, str] | None = None,
         *,
         forward_port: int | None = None,
+        cgroup: SandboxCgroup | None = None,
     ) -> Child:
-        """Start `command`; with a network of its own, `forward_port` (a server's) is the one
-        port of it reachable from the host, on the host's 127.0.0.1."""
+        """Start `command` (in the sandbox's `cgroup`, when it has one); with a network of its
+        own, `forward_port` (a server's) is the one port of it reachable from the host, on the
+        host's 127.0.0.1."""
+        preexec = self._preexec(cgroup)
         full_env = self.environment(workspace, env)
         launch_env = full_env if self.bwrap is None else {"PATH": SANDBOX_PATH}
         if not self.network_isolated:
             argv = self.argv(workspace, command, full_env)
-            return await spawn(argv, cwd=workspace, env=launch_env, preexec_fn=self._preexec)
+            return await spawn(argv, cwd=workspace, env=launch_env, preexec_fn=preexec)
         gate = Gate()
         try:
             child = await spawn(
                 self.argv(workspace, command, full_env, gate),
                 cwd=workspace,
                 env=launch_env,
-                preexec_fn=self._preexec,
+                preexec_fn=preexec,
                 pass_fds=gate.child_fds,
             )
             gate.started()

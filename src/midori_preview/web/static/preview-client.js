@@ -214,6 +214,10 @@ export function stoppedMessage(reason) {
       return "The preview was replaced by a newer one.";
     case "pagehide":
       return "The preview was stopped when you left the page.";
+    case "sandbox_process_limit":
+      return "The preview started too many processes and was stopped.";
+    case "sandbox_disk_limit":
+      return "The preview used too much disk space and was stopped.";
     default:
       if (reason && reason.startsWith("error:")) return `The preview failed at step “${reason.slice(6)}”.`;
       return "The preview is no longer running.";
