@@ -1,6 +1,6 @@
-"""Local sandboxes: a workspace directory and process groups on this host, whose servers the
-service's preview gateway reaches on loopback (forwarded by pasta into the sandbox's own network
-namespace when it has one). The embedded default: previews with no account."""
+"""Local sandboxes (the embedded default: previews with no account): a workspace directory and
+process groups on this host, whose servers the preview gateway reaches on loopback (forwarded by
+pasta into the sandbox's own network namespace when it has one)."""
 
 from __future__ import annotations
 
@@ -119,8 +119,7 @@ class LocalProvider:
             network_mode=config.network,
         )
         self._sandboxes: dict[str, _Local] = {}
-        # A pids cgroup per sandbox where this host lets us make one: RLIMIT_NPROC counts per
-        # user, and root (which the service often is) is exempt from it.
+        # A pids cgroup per sandbox where the host allows: RLIMIT_NPROC does not bind root.
         self.cgroups = find_process_cgroups()
         if self.cgroups.base is None and os.getuid() == 0 and config.limits.max_processes > 0:
             log.warning(
