@@ -70,7 +70,12 @@ def preview_schema(tmp_path: Path) -> Iterator[schemathesis.BaseSchema]:
     assert not sandboxes.exists() or list(sandboxes.iterdir()) == []
 
 
-def workflow(schema: schemathesis.BaseSchema, headers: dict[str, str], seen: Counter[str]) -> Any:
+def workflow(
+    schema: schemathesis.BaseSchema,
+    headers: dict[str, str],
+    seen: Counter[str],
+    failures: list[str],
+) -> Any:
     """The state machine schemathesis builds from the links, plus a create to start each
     scenario (schemathesis does not pick it as an entry point: it guesses that `projectId` must
     come from some other answer) and a rule calling any operation the links do not reach."""
@@ -89,6 +94,7 @@ def workflow(schema: schemathesis.BaseSchema, headers: dict[str, str], seen: Cou
     class Workflow(base):  # type: ignore[misc, valid-type]
         def setup(self) -> None:
             self.created: list[str] = []
+            seen["scenarios"] += 1
 
         def step(self, input: StepInput) -> StepOutput:
             output: StepOutput = super().step(input)
@@ -112,9 +118,13 @@ def workflow(schema: schemathesis.BaseSchema, headers: dict[str, str], seen: Cou
             additional_checks: Any = None,
             **kwargs: Any,
         ) -> None:
-            case.validate_response(
-                response, checks=CHECKS, transport_kwargs=kwargs or None, recorder=self.recorder
-            )
+            try:
+                case.validate_response(
+                    response, checks=CHECKS, transport_kwargs=kwargs or None, recorder=self.recorder
+                )
+            except Exception as failure:
+                failures.append(f"{failure}\n{case.as_curl_command(headers)}")
+                raise
 
         def root_step(self, input: StepInput) -> StepOutput:
             """A step that starts a chain, recorded as schemathesis' own roots are."""
@@ -145,18 +155,26 @@ def test_api_stateful(preview_schema: schemathesis.BaseSchema, role: str) -> Non
     if role == "admin":
         headers["X-User-Role"] = "admin"
     seen: Counter[str] = Counter()
-    machine = workflow(preview_schema, headers, seen)
-    machine.run(
-        settings=hypothesis.settings(
-            max_examples=SCENARIOS,
-            stateful_step_count=STEPS,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(hypothesis.HealthCheck),
-        )
+    failures: list[str] = []
+    machine = workflow(preview_schema, headers, seen, failures)
+    settings = hypothesis.settings(
+        max_examples=SCENARIOS,
+        stateful_step_count=STEPS,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
     )
-    print(f"\nstateful {role}: {sum(seen.values())} calls: {dict(sorted(seen.items()))}")
+    try:
+        machine.run(settings=settings)
+    except hypothesis.errors.Flaky:
+        # The app's answers depend on timing (a build still running or not), so a replay may
+        # take other branches; schemathesis' own runner treats that the same way: what counts
+        # is whether any step failed, and each failure was recorded as it happened.
+        seen["flaky replays"] += 1
+    calls = sum(n for key, n in seen.items() if key[0] in "GP")
+    print(f"\nstateful {role}: {calls} calls: {dict(sorted(seen.items()))}")
+    assert failures == [], "\n\n".join(failures)
     # The links were walked: a preview made by one step was used by the next ones.
     assert seen[f"{CREATE} 202"] > 0, seen
     assert sum(n for key, n in seen.items() if key.startswith("linked ")) >= 3, seen
