@@ -72,6 +72,8 @@ def validate_path(path: str) -> str:
         problem = "has an empty or '.' segment"
     elif any(ord(c) < 32 for c in path):
         problem = "contains a control character"
+    elif path[-1].isspace():  # Daytona's toolbox trims it: the file would land elsewhere
+        problem = "ends with white space"
     if problem:
         raise ValidationFailed(f"invalid file path {path!r}: {problem}", path=path)
     return path

@@ -15,10 +15,13 @@ upload_files.go, read line by line; copied here, kinder in nothing:
   directory as the destination, …) adds an error string and the loop goes on: the other files
   are written. Any error → 400 `{"errors": [...], "files": [...]}`; else 200 `{"files":
   [{"path", "bytes"}]}`. (The SDK raises `DaytonaError("400: <errors joined>")` for the first.)
+- the SDK (0.226.1) also sends each destination as the part's filename, so aiohttp refuses a
+  destination with CR, LF or NUL client-side; the daemon (v0.190.0) reads only `.path`.
 
 The emulator keeps a sandbox's file system on this host: /home/daytona is the sandbox's
-directory (`Sandbox.home`), every other path lives under `Sandbox.rootfs` (created on first
-write), so that a write outside /home/daytona is both harmless here and visible to tests.
+directory (`Sandbox.home`), every other path lives under `Sandbox.rootfs` (a skeleton of an
+image's top directories: /etc, /tmp, /srv, …), so that a write outside /home/daytona is both
+harmless here and visible to tests.
 Symlinks are resolved inside that emulated file system, component by component as the kernel
 does, never through this host's own /.
 """
@@ -36,15 +39,25 @@ from aiohttp import web
 
 from tests.support.daytona.state import HOME, Sandbox
 
+HOME_PARTS = HOME.strip("/").split("/")
+# The top of a sandbox image's file system (the rest of it is not emulated).
+SKELETON = ("etc", "home", "opt", "root", "srv", "tmp", "usr", "var")
 MAX_SYMLINKS = 40  # Linux' limit (ELOOP)
 # Go's unicode.IsSpace (strings.TrimSpace): ASCII white space, U+0085, U+00A0 and the Unicode
 # White_Space characters above Latin-1.
 GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"  # noqa: E501
 
 
+def make_rootfs(home: Path) -> None:
+    """The emulated file system outside /home/daytona of a new sandbox whose home is `home`."""
+    rootfs = home.with_name(home.name + ".rootfs")
+    for name in SKELETON:
+        (rootfs / name).mkdir(parents=True)
+
+
 def host_of(sb: Sandbox, parts: list[str]) -> Path:
     """The host path of a sandbox path given as its components from /."""
-    if parts[:2] == HOME.strip("/").split("/"):
+    if parts[:2] == HOME_PARTS:
         return sb.home.joinpath(*parts[2:])
     return sb.rootfs.joinpath(*parts)
 
@@ -74,7 +87,7 @@ def resolve(sb: Sandbox, path: str, *, follow_last: bool = True) -> Path:
                 done = []
             pending = target.split("/") + pending
             continue
-        if not is_last:
+        if not is_last and [*done, name] != HOME_PARTS[:1]:  # /home: the mount point's parent
             if not here.exists():
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
             if not here.is_dir():

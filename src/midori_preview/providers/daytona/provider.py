@@ -122,6 +122,8 @@ class DaytonaProvider:
             return
         if any(f.path.startswith("/") or ".." in f.path.split("/") for f in files):
             raise ProviderRejected("a file path is not a relative path inside the project")
+        if any(f.path[-1:].isspace() for f in files):  # the toolbox would trim it (TrimSpace)
+            raise ProviderRejected("a file path ends with white space")
         handle = await self._handle(sandbox)
         uploads = [
             FileUpload(source=bytes(f.content), destination=f"{sandbox.workdir}/{f.path}")
