@@ -78,9 +78,9 @@ async def test_a_symlink_on_the_way_is_followed_inside_the_sandbox(
 
 
 async def test_the_sdk_refuses_control_characters_itself(sandbox: AsyncSandbox) -> None:
-    """A destination rides in the multipart filename too: aiohttp refuses a header with CR, LF
-    or NUL before anything is sent (so the daemon never sees one from the SDK)."""
-    for bad in ("/home/daytona/a\nb", "/home/daytona/a\x00b", "/home/daytona/a\rb"):
+    """A destination rides in the multipart filename too: aiohttp refuses a header with an
+    ASCII control character but tab (CR, LF, NUL, DEL, …) before anything is sent."""
+    for bad in ("/home/daytona/a\nb", "/home/daytona/a\x00b", "/home/daytona/a\x7fb"):
         with pytest.raises(DaytonaError, match="Forbidden control character"):
             await sandbox.fs.upload_files([FileUpload(b"x", bad)])
 

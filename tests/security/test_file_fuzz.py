@@ -177,7 +177,7 @@ async def one(
 
 
 @pytest.mark.parametrize("kind", ["local", "daytona"])
-def test_a_path_ending_in_white_space_is_a_422(
+def test_a_path_the_toolbox_would_change_is_a_422(
     tmp_path: Path,
     pg_backend: Backend,
     loop: asyncio.AbstractEventLoop,
@@ -185,8 +185,9 @@ def test_a_path_ending_in_white_space_is_a_422(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Daytona's daemon `TrimSpace`s each destination: `a.txt ` was written to `a.txt`, and `a/ `
-    failed the build's upload (`provider_rejected`), while the local provider kept the name. Both
-    refuse such a path now, before anything starts."""
+    failed the build's upload (`provider_rejected`); a DEL (0x7f) in a path failed it too (the
+    SDK sends the path in a multipart header, which aiohttp refuses) — while the local provider
+    kept the names. Both refuse such paths now, before anything starts."""
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     app_settings = make_settings(tmp_path, pg_backend, create_rate_per_minute=100_000)
     with contextlib.ExitStack() as stack:
@@ -198,7 +199,7 @@ def test_a_path_ending_in_white_space_is_a_422(
         ctx = running_app(app_settings, clock=ManualClock(), provider=provider)
         running: Running = loop.run_until_complete(ctx.__aenter__())
         try:
-            for path in ("a.txt ", "dir/ ", "b.txt\u00a0", "c.txt\u3000", "d.txt\t"):
+            for path in ("a.txt ", "dir/ ", "b.txt\u00a0", "c.txt\u3000", "d\x7fe.txt", "f\x85g"):
                 body = {"projectId": "ws", "replace": True,
                         "files": [{"path": "index.html", "content": "x"},
                                   {"path": path, "content": "bytes"}]}  # fmt: skip
