@@ -12,8 +12,9 @@ upload_files.go, read line by line; copied here, kinder in nothing:
   `filepath.Dir` cleaned the directory lexically: `work/a/../b` fails with ENOENT unless `work/a`
   exists), symlinks are followed, an existing file is truncated.
 - each failing file (NUL in the path, a name over 255 bytes, a path under a regular file, a
-  directory as the destination, …) adds an error string and the loop goes on: the other files
-  are written. Any error → 400 `{"errors": [...], "files": [...]}`; else 200 `{"files":
+  directory as the destination, …) adds an error string, as Go prints it (`<dest>: create: open
+  <dest>: no such file or directory`, `<dest>: mkdir <dir>: …`), and the loop goes on: the other
+  files are written. Any error → 400 `{"errors": [...], "files": [...]}`; else 200 `{"files":
   [{"path", "bytes"}]}`. (The SDK raises `DaytonaError("400: <errors joined>")` for the first.)
 - the SDK (0.226.1) also sends each destination as the part's filename, so aiohttp refuses a
   destination with CR, LF or NUL client-side; the daemon (v0.190.0) reads only `.path`.
@@ -113,19 +114,30 @@ def mkdir_all(sb: Sandbox, directory: str) -> None:
     resolve(sb, directory, follow_last=False).mkdir(mode=0o755, exist_ok=True)
 
 
-def create(sb: Sandbox, dest: str, content: bytes) -> None:
-    """`os.MkdirAll(filepath.Dir(dest))` then `os.Create(dest)` and the write."""
-    if "\x00" in dest:
-        raise OSError(errno.EINVAL, "invalid argument", dest)
-    if not dest.startswith("/"):
-        # taken from the daemon's working directory: assumed to be the home directory here
-        # (the service always sends absolute paths)
-        dest = f"{HOME}/{dest}"
-    directory = posixpath.normpath(posixpath.dirname(dest))  # filepath.Dir cleans
-    mkdir_all(sb, directory)
-    target = resolve(sb, dest)
-    with open(target, "wb") as out:  # O_CREAT | O_TRUNC, 0666 &^ umask
-        out.write(content)
+def go_error(error: OSError) -> str:
+    """An errno as Go prints it (`syscall.Errno.Error()`: the C text, lower-cased)."""
+    text = error.strerror or str(error)
+    return text[:1].lower() + text[1:]
+
+
+def create(sb: Sandbox, dest: str, content: bytes) -> str | None:
+    """`os.MkdirAll(filepath.Dir(dest))` then `os.Create(dest)` and the write: None, or the
+    error string the daemon reports for this file."""
+    path = dest if dest.startswith("/") else f"{HOME}/{dest}"  # daemon's cwd: assumed home
+    directory = posixpath.normpath(posixpath.dirname(path))  # filepath.Dir cleans
+    try:
+        if "\x00" not in directory:
+            mkdir_all(sb, directory)
+    except OSError as error:
+        return f"{dest}: mkdir {directory}: mkdir {directory}: {go_error(error)}"
+    try:
+        if "\x00" in path:
+            raise OSError(errno.EINVAL, "invalid argument")
+        with open(resolve(sb, path), "wb") as out:  # O_CREAT | O_TRUNC, 0666 &^ umask
+            out.write(content)
+    except OSError as error:
+        return f"{dest}: create: open {dest}: {go_error(error)}"
+    return None
 
 
 async def bulk_upload(sb: Sandbox, request: web.Request) -> web.StreamResponse:
@@ -152,10 +164,8 @@ async def bulk_upload(sb: Sandbox, request: web.Request) -> web.StreamResponse:
                 errors.append(f"file[{index}]: missing .path metadata")
                 continue
             dest = destinations[index]
-            try:
-                create(sb, dest, content)
-            except OSError as error:
-                errors.append(f"{dest}: {error.strerror or error}")
+            if (problem := create(sb, dest, content)) is not None:
+                errors.append(problem)
                 continue
             files.append({"path": dest, "bytes": len(content)})
         else:
