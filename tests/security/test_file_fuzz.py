@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from midori_preview.providers.daytona import DaytonaProvider
@@ -127,6 +127,9 @@ def fuzz(running: Running, target: Target, loop: asyncio.AbstractEventLoop, tmp:
     @settings(max_examples=EXAMPLES, deadline=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     @given(path=paths, content=contents)
+    # Each run has at least one of each outcome (the random ones may all be refused).
+    @example(path="a b/'q' $(touch x) `id` é😀.txt", content=b"\x00\xff\r\nEOF\n")
+    @example(path="../outside.txt", content=b"x")
     def case(path: str, content: bytes) -> None:
         outcome = loop.run_until_complete(one(running, target, path, content))
         outcome = "422" if outcome == "422" else "round trip"
