@@ -56,7 +56,7 @@ CONFIG = schemathesis.Config.from_dict(
             "deterministic": True,
             "database": "none",
         },
-        "phases": {"stateful": {"enabled": False}},
+        "phases": {"stateful": {"enabled": False}},  # it is tests/test_api_stateful.py
         "operations": [
             {
                 "include-method": CREATE[0],

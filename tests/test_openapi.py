@@ -20,6 +20,7 @@ from midori_preview.github import schemas as github_schemas
 from midori_preview.github.payloads import Build, Policy, decide
 from midori_preview.previews import admin_routes
 from midori_preview.previews import schemas as preview_schemas
+from midori_preview.previews.links import operation_ref
 from midori_preview.previews.states import SandboxStatus
 from tests.conftest import Backend, make_settings
 
@@ -219,3 +220,34 @@ def test_the_status_enum_is_the_state_machines(spec: dict[str, Any]) -> None:
     for name in ("Created", "PreviewStatus", "HeartbeatOut"):
         assert schemas[name]["properties"]["status"] == expected, name
     assert "SandboxStatus" not in schemas
+
+
+def sandbox_id_fields(spec: dict[str, Any], op: dict[str, Any]) -> set[str]:
+    """The names under which an operation takes a sandbox id (parameter or body field)."""
+    names = {p["name"] for p in op.get("parameters", [])}
+    for media in op.get("requestBody", {}).get("content", {}).values():
+        names |= set(resolve(spec, media["schema"]).get("properties", {}))
+    return names & {"sandboxId", "sandbox_id"}
+
+
+def test_every_operation_on_a_sandbox_is_linked_from_create(spec: dict[str, Any]) -> None:
+    """The OpenAPI links (what schemathesis' stateful test walks) reach every operation that
+    takes a sandbox id, from both answers of create and from each answer naming one preview."""
+    on_a_sandbox = {
+        operation_ref(path, method)
+        for path, method, op in operations(spec)
+        if sandbox_id_fields(spec, op)
+    }
+    assert len(on_a_sandbox) >= 7
+    create = spec["paths"]["/api/preview/daytona"]["post"]["responses"]
+    for status in ("200", "202"):
+        targets = {link["operationRef"] for link in create[status]["links"].values()}
+        assert targets == on_a_sandbox, status
+    for path, method, op in operations(spec):
+        for status, answer in op["responses"].items():
+            for name, link in answer.get("links", {}).items():
+                ref = link["operationRef"]
+                assert ref in on_a_sandbox, (path, method, status, name)
+                expression = next(iter({**link.get("parameters", {}),
+                                        **link.get("requestBody", {})}.values()))  # fmt: skip
+                assert expression.startswith("$response.body#/"), (path, name, expression)

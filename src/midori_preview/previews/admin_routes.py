@@ -17,6 +17,7 @@ from midori_preview.errors import (
     invalid_request,
     validation_error_body,
 )
+from midori_preview.previews.links import with_links
 from midori_preview.previews.schemas import EXAMPLE_SANDBOX_ID
 from midori_preview.previews.states import SandboxStatus
 
@@ -157,7 +158,10 @@ async def cleanup_action(body: CleanupIn, _: AdminUser, svc: AdminDep) -> dict[s
 @router.get(
     "/admin/sandboxes",
     responses={
-        **ok("The sandboxes in the active view, newest first.", sandboxes=SANDBOXES_EXAMPLE),
+        200: with_links(
+            ok("The sandboxes in the active view, newest first.", sandboxes=SANDBOXES_EXAMPLE)[200],
+            "/sandboxes/0/sandboxId",  # the newest
+        ),
         **ADMIN_ONLY,
     },
 )

@@ -19,6 +19,7 @@ from midori_preview.errors import (
     validation_error_body,
 )
 from midori_preview.events import BLOCK_MS
+from midori_preview.previews.links import LINKED, sandbox_links
 from midori_preview.previews.schemas import (
     EXAMPLE_SANDBOX_ID,
     Created,
@@ -102,9 +103,11 @@ SSE_EXAMPLE = "".join(
     status_code=202,
     response_model=Created,
     responses={
+        202: {"links": sandbox_links()},
         200: {
             "model": Created,
             "description": "A live preview of the same project and source already exists.",
+            "links": sandbox_links(),
         },
         **UNAUTHORIZED,
         **error_response(
@@ -176,7 +179,7 @@ async def create_preview(
     return created
 
 
-@router.get("/daytona/status", response_model=PreviewStatus, responses=BY_ID)
+@router.get("/daytona/status", response_model=PreviewStatus, responses={**LINKED, **BY_ID})
 async def preview_status(sandbox_id: SandboxIdQ, user: User, svc: PreviewsDep) -> PreviewStatus:
     """The sandbox's state, preview URL and token (when running), error and log tail."""
     return await svc.status(sandbox_id, user.user_id)
@@ -242,7 +245,7 @@ async def preview_events(
 @router.post(
     "/daytona/stop",
     response_model=PreviewStatus,
-    responses={**UNAUTHORIZED, **NOT_FOUND, **INVALID_BODY},
+    responses={**LINKED, **UNAUTHORIZED, **NOT_FOUND, **INVALID_BODY},
 )
 async def stop_preview(body: StopIn, user: User, svc: PreviewsDep) -> PreviewStatus:
     """Stop a preview (idempotent). Its processes and files are gone when this answers."""
@@ -253,6 +256,7 @@ async def stop_preview(body: StopIn, user: User, svc: PreviewsDep) -> PreviewSta
     "/daytona/heartbeat",
     response_model=HeartbeatOut,
     responses={
+        **LINKED,
         **UNAUTHORIZED,
         **NOT_FOUND,
         **error_choices(
@@ -290,6 +294,7 @@ async def my_usage(user: User, svc: PreviewsDep) -> Usage:
     "/daytona/{sandbox_id}/source",
     response_model=SourceUpdated,
     responses={
+        **LINKED,
         **UNAUTHORIZED,
         **NOT_FOUND,
         **error_choices(
@@ -357,6 +362,7 @@ async def update_source(
     "/daytona/{sandbox_id}",
     response_model=PreviewStatus,
     responses={
+        **LINKED,
         **UNAUTHORIZED,
         **NOT_FOUND,
         **invalid_request(

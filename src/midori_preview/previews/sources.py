@@ -70,8 +70,10 @@ def validate_path(path: str) -> str:
         problem = "contains '..'"
     elif any(part in ("", ".") for part in path.split("/")):
         problem = "has an empty or '.' segment"
-    elif any(ord(c) < 32 for c in path):
+    elif any(ord(c) < 32 or 127 <= ord(c) < 160 for c in path):  # Unicode's Cc, DEL included
         problem = "contains a control character"
+    elif path[-1].isspace():  # Daytona's toolbox trims it: the file would land elsewhere
+        problem = "ends with white space"
     if problem:
         raise ValidationFailed(f"invalid file path {path!r}: {problem}", path=path)
     return path

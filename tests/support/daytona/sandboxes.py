@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.daytona import routes
+from tests.support.daytona import files, routes
 from tests.support.daytona.faults import FaultInjection
 from tests.support.daytona.state import (
     ORGANIZATION_ID,
@@ -73,6 +73,7 @@ class SandboxApi:
             resources[key] = value
         labels, env = str_map(body.get("labels"), "labels"), str_map(body.get("env"), "env")
         home.mkdir()
+        files.make_rootfs(home)
         return Sandbox(
             id=sandbox_id,
             name=str(body.get("name") or sandbox_id),

@@ -148,7 +148,7 @@ class Signed:
 class Sandbox:
     id: str
     name: str
-    home: Path
+    home: Path  # the sandbox's /home/daytona on this host
     labels: dict[str, str]
     env: dict[str, str]
     snapshot: str | None
@@ -174,6 +174,12 @@ class Sandbox:
     signed: dict[str, Signed] = field(default_factory=dict)
     sessions: dict[str, Session] = field(default_factory=dict)
     pgids: set[int] = field(default_factory=set)
+
+    @property
+    def rootfs(self) -> Path:
+        """Where the rest of the sandbox's file system lives on this host (files written outside
+        /home/daytona: see files.py)."""
+        return self.home.with_name(self.home.name + ".rootfs")
 
 
 # Daytona's states with a change in progress (`pending` on its side): deletes answer 409.
@@ -345,3 +351,4 @@ class State:
             if self.sandboxes.pop(sb.id, None) is not None:
                 self.deleted.append(sb.id)
         shutil.rmtree(sb.home, ignore_errors=True)
+        shutil.rmtree(sb.rootfs, ignore_errors=True)

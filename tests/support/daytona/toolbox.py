@@ -5,7 +5,8 @@ Commands really run (`bash -c`), each in its own process group, with a clean env
 When bubblewrap works on this host, the sandbox directory is mounted at /home/daytona for its
 commands, so absolute paths line up with a real sandbox; otherwise commands get the directory as
 cwd and HOME, and `/home/daytona` in a command line is rewritten to it. Only paths under
-/home/daytona (or relative to it) are accepted for files.
+/home/daytona (or relative to it) are accepted as a command's cwd or a clone's destination; a bulk
+upload goes anywhere, as the daemon's does (files.py).
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
-from tests.support.daytona import routes
+from tests.support.daytona import files, routes
 from tests.support.daytona.state import (
     BASE_PATH,
     HOME,
@@ -162,34 +161,8 @@ class ToolboxApi:
     # --- files and one-shot commands ---------------------------------------------------------
 
     async def upload(self, request: web.Request) -> web.StreamResponse:
-        sandbox = self.state.running(request)
-        reader = await request.multipart()
-        paths: dict[int, str] = {}
-        contents: dict[int, bytes] = {}
-        filenames: dict[int, str] = {}
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, aiohttp.BodyPartReader) or part.name is None:
-                raise ApiError(400, "unexpected multipart part")
-            match = re.fullmatch(r"files\[(\d+)\]\.(path|file)", part.name)
-            if match is None:
-                raise ApiError(400, f"unexpected multipart field {part.name!r}")
-            index = int(match[1])
-            if match[2] == "path":
-                paths[index] = await part.text()
-            else:
-                contents[index] = bytes(await part.read(decode=False))
-                if part.filename:
-                    filenames[index] = part.filename
-        written = []
-        for index, content in sorted(contents.items()):
-            destination = paths.get(index) or filenames.get(index)
-            if not destination:
-                raise ApiError(400, f"files[{index}] has no path")
-            target = self.host_path(sandbox, destination)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
-            written.append({"path": destination, "size": len(content)})
-        return web.json_response({"files": written, "errors": []})
+        """As the daemon does it, unconfined (see files.py)."""
+        return await files.bulk_upload(self.state.running(request), request)
 
     async def execute(self, request: web.Request) -> web.StreamResponse:
         sandbox = self.state.running(request)

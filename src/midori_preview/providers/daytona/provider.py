@@ -18,6 +18,7 @@ reads never reach Daytona.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from datetime import timedelta
@@ -55,6 +56,8 @@ from midori_preview.retry import RetryPolicy
 log = structlog.get_logger(__name__)
 
 
+# What aiohttp refuses in a header (the SDK sends each destination as a multipart filename).
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CLEANUP = "cleanup"  # key of the background tasks deleting what failed creates left
 
 __all__ = ["DaytonaProvider", "DaytonaSandboxFailed"]
@@ -123,6 +126,9 @@ class DaytonaProvider:
             return
         if any(f.path.startswith("/") or ".." in f.path.split("/") for f in files):
             raise ProviderRejected("a file path is not a relative path inside the project")
+        if any(f.path[-1:].isspace() or re.search(CONTROL, f.path) for f in files):
+            # the toolbox would trim it (TrimSpace); the SDK's multipart header refuses it
+            raise ProviderRejected("a file path ends with white space or has a control character")
         handle = await self._handle(sandbox)
         uploads = [
             FileUpload(source=bytes(f.content), destination=f"{sandbox.workdir}/{f.path}")
