@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from redis import asyncio as aioredis
 
 API = "/api/preview/daytona"
 PG_URL = os.environ.get(
@@ -67,6 +68,16 @@ def backend_env(backend: str) -> dict[str, str]:
     return {}
 
 
+async def drop_keys(deployment: str) -> None:
+    """Remove a run's keys (its deployment's prefix) from the shared Redis."""
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async for key in r.scan_iter(match=f"mp:{deployment}:*", count=1000):
+            await r.unlink(key)
+    finally:
+        await r.aclose()
+
+
 @asynccontextmanager
 async def served(env: dict[str, str]) -> AsyncIterator[Server]:
     """The service as its own process (1 uvicorn worker) on a free port, with a client. A
@@ -91,6 +102,7 @@ async def served(env: dict[str, str]) -> AsyncIterator[Server]:
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
+                await drop_keys(f"bench{port}")
 
 
 def _start(env: dict[str, str], port: int, data_dir: Path) -> subprocess.Popen[bytes]:

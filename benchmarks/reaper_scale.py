@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from harness import PG_URL, REDIS_URL
+from harness import PG_URL, REDIS_URL, drop_keys
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -121,6 +121,7 @@ async def measure(watched: int, idle: int, tmp: Path) -> dict[str, Any]:
             }
         finally:
             await services.aclose()
+            await drop_keys(settings.preview_deployment)
 
 
 async def _plans(services: Any) -> list[str]:
