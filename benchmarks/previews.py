@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shlex
 import signal
 import statistics
@@ -20,7 +21,11 @@ from typing import Any
 import httpx
 from harness import BenchError, Server, create, first_200, free_port, pct, stop, until_running
 
+from midori_preview.bootstrap import build_provider
+from midori_preview.clock import SystemClock
+from midori_preview.providers.base import FileData, SandboxProvider, SandboxSpec
 from midori_preview.providers.local.runner import SANDBOX_PATH
+from midori_preview.settings import Settings
 from midori_preview.templates import PROMPT_FILE, TemplateBuild, prompt_file_bytes, render_template
 
 EXAMPLE = {
@@ -102,6 +107,27 @@ async def _floor(files: list[tuple[str, bytes]], command: str) -> float:
             return time.perf_counter() - started
 
 
+async def _sandboxed_floor(
+    provider: SandboxProvider, files: list[tuple[str, bytes]], command: str
+) -> float:
+    """The same files and server in a local sandbox as the service makes one (bubblewrap, its
+    own network, pids cgroup), driven directly: no service. Ours minus this is the control
+    plane's own time; this minus the floor is what the isolation costs."""
+    spec = SandboxSpec(f"floor{secrets.token_hex(4)}", "bench", "floor")
+    started = time.perf_counter()
+    sandbox = await provider.create(spec, timeout=60)
+    try:
+        await provider.upload(sandbox, [FileData(path, content) for path, content in files])
+        await provider.start_server(sandbox, command, port=3000)
+        while not await provider.probe(sandbox, 3000, timeout=2):
+            if time.perf_counter() - started > 120:
+                raise BenchError("the sandboxed floor's server never answered")
+            await asyncio.sleep(provider.probe_interval)
+        return time.perf_counter() - started
+    finally:
+        await provider.delete(sandbox)
+
+
 def _static_files() -> tuple[list[tuple[str, bytes]], str]:
     build = render_template("static", EXAMPLE)
     return [(f.path, f.content) for f in build.files], build.start
@@ -180,7 +206,19 @@ def _ms(values: list[float]) -> tuple[float, float]:
 
 
 async def measure(server: Server, runs: int, *, vite: bool) -> dict[str, Any]:
-    """(median, p95) ms of ours and the floor per source kind; the seed flow (with `vite`)."""
+    """(median, p95) ms of ours, the floor and the sandboxed floor per source kind; the seed
+    flow (with `vite`)."""
+    settings = Settings(data_dir=server.data_dir / "floor", _env_file=None)  # type: ignore[call-arg]
+    provider = build_provider(settings, SystemClock())
+    try:
+        return await _measure(server, runs, vite=vite, provider=provider)
+    finally:
+        await provider.aclose()
+
+
+async def _measure(
+    server: Server, runs: int, *, vite: bool, provider: SandboxProvider
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     static_body = {"promptJson": EXAMPLE}
     vite_body = {"promptJson": EXAMPLE, "template": "vite"}
@@ -189,6 +227,9 @@ async def measure(server: Server, runs: int, *, vite: bool) -> dict[str, Any]:
     )
     files, cmd = _static_files()
     out["static floor"] = _ms(await _times(runs, lambda i: _floor(files, cmd)))
+    out["static sandboxed"] = _ms(
+        await _times(runs, lambda i: _sandboxed_floor(provider, files, cmd))
+    )
     out["files+server"] = _ms(
         await _times(runs, lambda i: time_to_preview(server, FILES_BODY, f"fs{i}"))
     )
@@ -204,6 +245,9 @@ async def measure(server: Server, runs: int, *, vite: bool) -> dict[str, Any]:
     )
     files, cmd = _cached_vite_files(server.data_dir)
     out["vite cached floor"] = _ms(await _times(runs, lambda i: _floor(files, cmd)))
+    out["vite cached sandboxed"] = _ms(
+        await _times(runs, lambda i: _sandboxed_floor(provider, files, cmd))
+    )
     cold, warm = await original_flows(3, 2)
     out["original flow"] = _ms(cold)
     out["original flow warm"] = _ms(warm)
