@@ -7,34 +7,17 @@ tests/reliability/test_create_storm.py.)"""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from midori_preview.errors import QuotaUnavailable
-from midori_preview.kv import make_redis
 from midori_preview.quota.service import QuotaService
 from tests.conftest import Backend, make_settings, running_app
 from tests.quota.helpers import create, create_running
 from tests.support.clock import ManualClock
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-async def quota(backend: Backend) -> AsyncIterator[QuotaService]:
-    """A QuotaService on its own key prefix: real Redis (pg) or the in-process store (embedded)."""
-    client = make_redis(backend.redis_url)
-    prefix = f"mp:q{secrets.token_hex(4)}"
-    try:
-        yield QuotaService(client, prefix=prefix)
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 async def test_the_user_lock_is_kept_while_held_past_its_timeout(quota: QuotaService) -> None:

@@ -6,18 +6,14 @@ at once across two replicas make one sandbox; the create rate limit; Redis down 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 
 from midori_preview.db.models import Sandbox
-from midori_preview.kv import make_redis
 from midori_preview.quota.service import QuotaService
 from tests.conftest import Backend, Running, make_settings, running_app, user_headers
 from tests.quota.helpers import (
@@ -32,20 +28,6 @@ from tests.quota.helpers import (
 )
 from tests.support.clock import ManualClock
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-async def quota(backend: Backend) -> AsyncIterator[QuotaService]:
-    """A QuotaService on its own key prefix: real Redis (pg) or the in-process store (embedded)."""
-    client = make_redis(backend.redis_url)
-    prefix = f"mp:q{secrets.token_hex(4)}"
-    try:
-        yield QuotaService(client, prefix=prefix)
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 async def sandbox_count(running: Running, user: str) -> int:
