@@ -43,10 +43,16 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # The stderr of the moment a line is written, not of the moment of configuring (a
+        # stream swapped meanwhile, as a test's output capture does, may be closed by then).
+        logger_factory=_current_stderr,
         cache_logger_on_first_use=False,
     )
 
 
 def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name)
+
+
+def _current_stderr(*_: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)
