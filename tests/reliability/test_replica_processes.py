@@ -118,18 +118,21 @@ async def _all_ready(client: httpx.AsyncClient, bases: list[str]) -> None:
 async def _storm(
     client: httpx.AsyncClient, bases: list[str], pg_url: str, deployment: str, daytona: Any
 ) -> None:
-    users = [f"u{i}" for i in range(USERS)]
+    users = [f"{deployment}u{i}" for i in range(USERS)]  # the suite's database is shared
     engine = make_engine(pg_url, pool_size=1, max_overflow=0)  # the sampler's own connection
     redis = make_redis(REDIS_URL)
     quota = QuotaService(redis, prefix=f"mp:{deployment}")
-    live_sql = text("SELECT user_id, count(*) FROM sandboxes WHERE status = ANY(:live) GROUP BY 1")
+    live_sql = text(
+        "SELECT user_id, count(*) FROM sandboxes"
+        " WHERE status = ANY(:live) AND user_id = ANY(:users) GROUP BY 1"
+    )
     most: Counter[str] = Counter()
     samples = 0
     storming = asyncio.Event()
 
     async def live_rows() -> dict[str, int]:
         async with engine.connect() as conn:
-            rows = await conn.execute(live_sql, {"live": [str(s) for s in LIVE]})
+            rows = await conn.execute(live_sql, {"live": [str(s) for s in LIVE], "users": users})
             return {user: n for user, n in rows.all()}
 
     async def sample() -> None:
@@ -165,7 +168,8 @@ async def _storm(
         assert max(most.values()) <= LIMIT, most
         assert samples > 0
         async with engine.connect() as conn:
-            ids = (await conn.execute(text("SELECT id FROM sandboxes"))).scalars().all()
+            ours = text("SELECT id FROM sandboxes WHERE user_id = ANY(:users)")
+            ids = (await conn.execute(ours, {"users": users})).scalars().all()
         assert set(ids) == set(made)  # a row for each 202, and no other
         per_user = Counter(r.request.headers["X-User-Id"] for r in made.values())
         assert all(n <= LIMIT for n in per_user.values()), per_user
