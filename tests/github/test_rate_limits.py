@@ -11,8 +11,6 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from midori_preview.github.client import (
     AppCredentials,
@@ -20,6 +18,7 @@ from midori_preview.github.client import (
     GitHubClient,
     GitHubRateLimited,
 )
+from tests.github.conftest import app_keys
 from tests.github.fake_github import FakeGitHub, serve_fake
 
 REPO = "octo-org/site"
@@ -104,15 +103,7 @@ async def test_a_real_403_is_still_an_auth_failure(fake: FakeGitHub) -> None:
 
 
 async def test_secondary_limit_keeps_the_app_tokens() -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    pem, public = app_keys()
     async with serve_fake(FakeGitHub(app_id=5, app_public_key=public)) as fake:
         client = GitHubClient(
             api_url=fake.url,

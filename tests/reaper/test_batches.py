@@ -12,8 +12,9 @@ from prometheus_client import REGISTRY
 
 from midori_preview.db.models import Sandbox
 from midori_preview.providers.daytona import DaytonaProvider
-from tests.conftest import Backend, Running, make_settings, running_app, user_headers
+from tests.conftest import Backend, Running, make_settings, running_app
 from tests.providers.test_daytona_provider import make_config
+from tests.providers.test_daytona_service_faults import create as create_on_daytona
 from tests.quota.helpers import (
     captured_logs,
     create_running,
@@ -25,7 +26,6 @@ from tests.quota.helpers import (
 )
 from tests.support.clock import ManualClock
 from tests.support.daytona import DaytonaEmulator
-from tests.support.servers import free_port
 from tests.support.waiting import eventually
 
 STOPS = "midori_preview_sandbox_stops_total"
@@ -118,17 +118,6 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[DaytonaEmulator]:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     with DaytonaEmulator() as emu:
         yield emu
-
-
-async def create_on_daytona(app: Running, user: str) -> str:
-    body = {
-        "projectId": "cafe",
-        "files": [{"path": "index.html", "content": "<h1>hello</h1>"}],
-        "port": free_port(),
-    }
-    res = await app.client.post("/api/preview/daytona", json=body, headers=user_headers(user))
-    assert res.status_code == 202, res.text
-    return str(res.json()["sandboxId"])
 
 
 @pytest.fixture
